@@ -1,0 +1,231 @@
+"""Curation stage: LanceDB trajectories -> versioned per-category HF datasets."""
+
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+import dagster as dg
+from assets.metadata import counts, md_histogram, md_records, md_table
+from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBResource
+from qeforge import store
+from qeforge.categories import CATEGORIES
+from qeforge.curation.balance import balance
+from qeforge.curation.categorize import train_classifier
+from qeforge.curation.dedup import deduplicate
+from qeforge.curation.export import dataset_records, write_version
+from qeforge.curation.gate import apply_gate
+from qeforge.curation.split import assign_splits, leakage_groups
+from qeforge.embedding import EMBEDDING_DIM, embed_texts, same_model
+from qeforge.locations import qeforge_home
+
+GROUP = "curation"
+
+
+@dg.asset(group_name=GROUP, kinds={"lancedb", "pandas"})
+def raw_trajectories(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.Output[pd.DataFrame]:
+    """Every validated trajectory in the ReasoningBank, with the quarantine beside it."""
+    db = lancedb.connect()
+    frame = store.trajectories(db).to_pandas()
+    quarantine = store.quarantine(db).to_arrow().select(["reason"]).to_pandas()
+    read = len(frame) + len(quarantine)
+    if frame.empty:
+        raise dg.Failure(
+            "The trajectories table is empty. Import data first: `qeforge demo-data` or "
+            "`qeforge import --format jsonl PATH`."
+        )
+    return dg.Output(
+        frame.drop(columns=["embedding"]).assign(
+            stored_embedding=[None if v is None else np.asarray(v, dtype=np.float32).tolist() for v in frame["embedding"]]
+        ),
+        metadata={
+            "dagster/row_count": len(frame),
+            "quarantined": len(quarantine),
+            "quarantine_rate": float(len(quarantine) / read),
+            "quarantine_by_reason": md_table(counts(quarantine["reason"]) if len(quarantine) else {}, "reason"),
+            "by_category": md_table(counts(frame["category"].fillna("(unlabeled)")), "category"),
+            "by_model": md_table(counts(frame["model"]), "model"),
+            "by_outcome": md_table(counts(frame["outcome"]), "outcome"),
+            "quality_histogram": md_histogram(frame["quality"]),
+            "lancedb_uri": lancedb.resolved_uri(),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"})
+def quality_gated(raw_trajectories: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
+    """Successful trajectories at or above the quality, confidence and reuse gates."""
+    kept, rejected = apply_gate(raw_trajectories, curation.gate())
+    return dg.Output(
+        kept,
+        metadata={
+            "dagster/row_count": len(kept),
+            "rows_in": len(raw_trajectories),
+            "kept_share": float(len(kept) / max(1, len(raw_trajectories))),
+            "rejected_by_reason": md_table(rejected, "reason"),
+            "gates": md_table(curation.gate().__dict__, "gate", "threshold"),
+            "kept_by_model": md_table(counts(kept["model"]), "model"),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"lancedb", "pytorch"})
+def trajectory_embeddings(
+    context: dg.AssetExecutionContext,
+    quality_gated: pd.DataFrame,
+    lancedb: LanceDBResource,
+    curation: CurationSettings,
+) -> dg.Output[pd.DataFrame]:
+    """One task embedding per kept trajectory: stored vectors reused when their model matches, others computed."""
+    reusable = [
+        v is not None and same_model(m, curation.embedding_model) and len(v) == EMBEDDING_DIM
+        for v, m in zip(quality_gated["stored_embedding"], quality_gated["embedding_model"])
+    ]
+    vectors = np.zeros((len(quality_gated), EMBEDDING_DIM), dtype=np.float32)
+    for i in np.flatnonzero(reusable):
+        v = np.asarray(quality_gated["stored_embedding"].iloc[i], dtype=np.float32)
+        vectors[i] = v / max(float(np.linalg.norm(v)), 1e-12)
+    missing = np.flatnonzero(~np.asarray(reusable, dtype=bool))
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % (curation.embedding_batch_size * 8) == 0:
+            context.log.info(f"embedding {done}/{total} tasks ({100 * done / total:.0f}%)")
+
+    if len(missing):
+        texts = quality_gated["task"].iloc[missing].tolist()
+        vectors[missing] = embed_texts(
+            texts, model_name=curation.embedding_model, batch_size=curation.embedding_batch_size, progress=progress
+        )
+    frame = quality_gated.drop(columns=["stored_embedding"]).assign(vector=list(vectors))
+    # The embeddings table serves nearest-known-good lookups (routing) and sensors.
+    db = lancedb.connect()
+    table = pa.table(
+        {
+            "id": frame["id"],
+            "category": frame["category"],
+            "quality": frame["quality"],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBEDDING_DIM),
+        }
+    )
+    db.create_table(store.EMBEDDINGS, data=table, mode="overwrite")
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "reused_stored": int(np.sum(reusable)),
+            "computed": int(len(missing)),
+            "embedding_model": curation.embedding_model,
+            "dim": EMBEDDING_DIM,
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"numpy"})
+def deduplicated(trajectory_embeddings: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
+    """Exact (normalized hash) and semantic (cosine >= threshold) duplicates removed; best member kept."""
+    vectors = np.stack(trajectory_embeddings["vector"].to_numpy()).astype(np.float32)
+    result = deduplicate(trajectory_embeddings, vectors, curation.dedup_threshold, seed=curation.seed)
+    return dg.Output(
+        result.kept,
+        metadata={
+            "dagster/row_count": len(result.kept),
+            "rows_in": len(trajectory_embeddings),
+            "removed_exact": int((result.removed["kind"] == "exact").sum()),
+            "removed_semantic": int((result.removed["kind"] == "semantic").sum()),
+            "exact_groups": result.exact_groups,
+            "semantic_groups": result.semantic_groups,
+            "threshold": curation.dedup_threshold,
+            "examples": md_records(result.examples),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"scikitlearn"})
+def categorized(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
+    """Recorded categories kept; the rest assigned by an embedding classifier trained on the labeled rows."""
+    vectors = np.stack(deduplicated["vector"].to_numpy()).astype(np.float32)
+    labeled = deduplicated["category"].notna().to_numpy()
+    classifier, accuracy, held_out = train_classifier(
+        vectors[labeled], deduplicated.loc[labeled, "category"].tolist(), seed=curation.seed
+    )
+    predicted, confidence = classifier.predict(vectors[~labeled]) if (~labeled).any() else ([], np.array([]))
+    frame = deduplicated.copy()
+    frame["category_source"] = np.where(labeled, "recorded", "classifier")
+    frame.loc[~labeled, "category"] = predicted
+    path = qeforge_home() / "models" / "category_classifier" / "classifier.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    classifier.save(path)
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "recorded": int(labeled.sum()),
+            "assigned_by_classifier": int((~labeled).sum()),
+            "classifier_heldout_accuracy": accuracy,
+            "classifier_heldout_rows": held_out,
+            "mean_assignment_confidence": float(confidence.mean()) if len(confidence) else 0.0,
+            "by_category": md_table(counts(frame["category"]), "category"),
+            "classifier_path": dg.MetadataValue.path(str(path)),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"})
+def balanced(categorized: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
+    """Downsampled to the target mix (never upsampled); shortfalls reported."""
+    frame, report = balance(categorized, curation.target_mix, target_total=curation.target_total)
+    achieved = {c: round(float((frame["category"] == c).mean()), 4) for c in CATEGORIES}
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "rows_in": len(categorized),
+            "mix": md_records([{"category": c, **r, "achieved_share": achieved[c]} for c, r in report.items()]),
+            "total_shortfall": sum(r["shortfall"] for r in report.values()),
+            **{f"share/{c}": achieved[c] for c in CATEGORIES},
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"huggingface"})
+def curated_datasets(
+    context: dg.AssetExecutionContext,
+    balanced: pd.DataFrame,
+    raw_trajectories: pd.DataFrame,
+    curation: CurationSettings,
+    dataset_store: DatasetStoreResource,
+) -> dg.Output[dict]:
+    """Stratified 70/15/15 splits, near-duplicate groups kept together, saved as versioned HF datasets."""
+    vectors = np.stack(balanced["vector"].to_numpy()).astype(np.float32)
+    groups = leakage_groups(vectors, curation.leakage_threshold, seed=curation.seed)
+    split = assign_splits(balanced, groups, tuple(curation.split_ratios), seed=curation.seed)
+    frame = balanced.assign(group=[balanced["id"].iloc[g] for g in groups], split=split.to_numpy())
+    records = dataset_records(frame)
+    splits = {c: {s: int(((frame["category"] == c) & (frame["split"] == s)).sum()) for s in ("train", "validation", "test")} for c in CATEGORIES}
+    report = {
+        c: {
+            "raw": int((raw_trajectories["category"] == c).sum()),
+            "balanced": int((frame["category"] == c).sum()),
+            "leakage_groups_multi": int(pd.Series(groups[frame["category"].to_numpy() == c]).value_counts().gt(1).sum()),
+        }
+        for c in CATEGORIES
+    }
+    classifier = None
+    classifier_path = qeforge_home() / "models" / "category_classifier" / "classifier.json"
+    if classifier_path.exists():
+        from qeforge.curation.categorize import CategoryClassifier
+
+        classifier = CategoryClassifier.load(classifier_path)
+    version, path, written = write_version(records, dataset_store.path(), report=report, classifier=classifier)
+    context.log.info(f"dataset version {version} at {path} ({'written' if written else 'unchanged, reused'})")
+    return dg.Output(
+        {"version": version, "path": str(path), "splits": splits},
+        metadata={
+            "dataset_version": version,
+            "path": dg.MetadataValue.path(str(path)),
+            "written": written,
+            "splits": md_records([{"category": c, **s} for c, s in splits.items()]),
+            "dagster/row_count": len(frame),
+            **{f"train_rows/{c}": s["train"] for c, s in splits.items()},
+        },
+    )

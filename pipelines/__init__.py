@@ -1,0 +1,1 @@
+"""Dagster wiring for qeforge: definitions, resources, partitions, jobs."""

@@ -1,0 +1,47 @@
+"""IO manager for curation frames: parquet files under QEFORGE_HOME (no pickle)."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from qeforge.locations import project_path, qeforge_home
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """DataFrames as parquet, small dicts as JSON, one file per asset (and partition)."""
+
+    base_dir: str = ""
+
+    def _path(self, context, suffix: str) -> Path:
+        base = project_path(self.base_dir) if self.base_dir else qeforge_home() / "assets"
+        parts = list(context.asset_key.path)
+        if context.has_asset_partitions:
+            parts.append(context.asset_partition_key)
+        return base.joinpath(*parts).with_suffix(suffix)
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if obj is None:
+            return
+        if isinstance(obj, pd.DataFrame):
+            path = self._path(context, ".parquet")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            obj.to_parquet(path, index=False)
+        elif isinstance(obj, dict):
+            path = self._path(context, ".json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        else:
+            raise TypeError(f"ParquetIOManager stores DataFrames and dicts, got {type(obj).__name__}")
+
+    def load_input(self, context: dg.InputContext):
+        upstream = context.upstream_output
+        parquet = self._path(upstream, ".parquet")
+        if parquet.exists():
+            return pd.read_parquet(parquet)
+        as_json = self._path(upstream, ".json")
+        if as_json.exists():
+            return json.loads(as_json.read_text())
+        raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized ({parquet} missing)")

@@ -1,0 +1,89 @@
+"""Typed resources. Empty fields mean the embedded default under QEFORGE_HOME."""
+
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from qeforge import store
+from qeforge.categories import DEFAULT_MIX
+from qeforge.curation.gate import GateThresholds
+from qeforge.embedding import EMBEDDING_MODEL
+from qeforge.locations import default_locations, is_uri, project_path
+
+
+class LanceDBResource(dg.ConfigurableResource):
+    """The ReasoningBank store: a local directory by default, any LanceDB URI (s3://, gs://, az://) by config."""
+
+    uri: str = Field(default="", description="LanceDB URI or path; empty: <QEFORGE_HOME>/lancedb")
+    storage_options: dict[str, str] = Field(default_factory=dict, description="object-store credentials/options")
+
+    def resolved_uri(self) -> str:
+        uri = self.uri or default_locations().lancedb_uri
+        return uri if is_uri(uri) else str(project_path(uri))
+
+    def connect(self):
+        return store.connect(self.resolved_uri(), self.storage_options)
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking + registry: local sqlite and artifacts by default, any tracking URI by config."""
+
+    tracking_uri: str = Field(default="", description="empty: sqlite:///<QEFORGE_HOME>/mlflow/mlflow.db")
+    artifact_root: str = Field(default="", description="artifact location for new experiments; empty: local")
+
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or default_locations().mlflow_tracking_uri
+
+    def resolved_artifact_root(self) -> str | None:
+        if self.artifact_root:
+            return self.artifact_root
+        if self.resolved_tracking_uri().startswith("sqlite:"):
+            return Path(default_locations().mlflow_artifact_root).as_uri()
+        return None  # a tracking server decides where artifacts go
+
+    def experiment_id(self, name: str) -> str:
+        import mlflow
+
+        client = mlflow.MlflowClient(self.resolved_tracking_uri())
+        found = client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        return client.create_experiment(name, artifact_location=self._artifact_location(name))
+
+    def _artifact_location(self, name: str) -> str | None:
+        root = self.resolved_artifact_root()
+        return f"{root.rstrip('/')}/{name}" if root else None
+
+
+class DatasetStoreResource(dg.ConfigurableResource):
+    """Where versioned Hugging Face datasets are written."""
+
+    root: str = Field(default="", description="empty: <QEFORGE_HOME>/datasets")
+
+    def path(self) -> Path:
+        return project_path(self.root or default_locations().datasets_dir)
+
+
+class CurationSettings(dg.ConfigurableResource):
+    """Curation gates and targets; defaults follow the fleet's own promotion rules and the plan."""
+
+    min_quality: float = 0.8
+    min_confidence: float = 0.8
+    min_usage_count: int = 3
+    dedup_threshold: float = Field(default=0.95, description="cosine at or above which two tasks are duplicates")
+    leakage_threshold: float = Field(
+        default=0.90, description="cosine at or above which rows must share a split (below dedup, for margin)"
+    )
+    target_mix: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MIX))
+    target_total: int | None = Field(default=None, description="cap on the balanced corpus; None: largest feasible")
+    mix_tolerance: float = Field(default=0.02, description="allowed gap between achieved and target share")
+    split_ratios: list[float] = Field(default_factory=lambda: [0.70, 0.15, 0.15])
+    max_quarantine_rate: float = Field(default=0.10, description="asset check bound on quarantined / read")
+    embedding_model: str = EMBEDDING_MODEL
+    embedding_batch_size: int = 64
+    seed: int = 0
+
+    def gate(self) -> GateThresholds:
+        return GateThresholds(self.min_quality, self.min_confidence, self.min_usage_count)

@@ -1,0 +1,34 @@
+"""The four QE task categories: the one list everything else derives from.
+
+Dagster partitions, training recipes, eval specs, registry names and serving
+routes are all built from CATEGORIES; nothing else spells them out.
+"""
+
+CATEGORIES: tuple[str, ...] = (
+    "test-generation",
+    "coverage-analysis",
+    "flaky-detection",
+    "code-review",
+)
+
+# Target share of each category in the balanced training corpus (the plan's 40/30/20/10).
+DEFAULT_MIX: dict[str, float] = {
+    "test-generation": 0.40,
+    "coverage-analysis": 0.30,
+    "flaky-detection": 0.20,
+    "code-review": 0.10,
+}
+
+# The system turn of every chat example, so the model knows which job it is doing.
+SYSTEM_PROMPTS: dict[str, str] = {
+    "test-generation": "You are a QE agent. Write pytest tests for the given Python code.",
+    "coverage-analysis": "You are a QE agent. List the lines the given tests leave uncovered.",
+    "flaky-detection": "You are a QE agent. Decide whether the given test is flaky and why.",
+    "code-review": "You are a QE agent. Review the given diff and comment on its problems.",
+}
+
+OUTCOMES: tuple[str, ...] = ("success", "failure", "partial", "skipped")
+
+
+def registered_model_name(category: str) -> str:
+    return f"qeforge-{category}"

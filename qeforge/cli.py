@@ -1,0 +1,134 @@
+"""`qeforge` command line: import, demo data, info, datasets, and the main job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from qeforge.locations import default_locations, qeforge_home
+
+
+def _db():
+    from pipelines.resources import LanceDBResource
+
+    return LanceDBResource().connect()
+
+
+def _print_summary(summary: dict) -> None:
+    print(
+        f"{summary['source']}: read {summary['read']}, imported {summary['imported']}, "
+        f"already present {summary['already_present']}, quarantined {summary['quarantined']}"
+    )
+    for reason, n in summary["quarantined_by_reason"].items():
+        print(f"  quarantined {reason}: {n}")
+
+
+def cmd_info(args) -> int:
+    loc = default_locations().as_dict()
+    if args.json:
+        print(json.dumps(loc, indent=2))
+    else:
+        for k, v in loc.items():
+            print(f"{k:22} {v}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from qeforge.ingest import import_agentic_qe, import_jsonl
+
+    path = Path(args.path)
+    if not path.exists():
+        print(f"error: {path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        summary = (import_jsonl if args.format == "jsonl" else import_agentic_qe)(_db(), path)
+    except ValueError as err:  # not an agentic-qe database, unreadable file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print_summary(summary.as_dict())
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    from qeforge.demo import write_demo_jsonl
+    from qeforge.ingest import import_jsonl
+
+    out = Path(args.out) if args.out else qeforge_home() / "demo" / "trajectories.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"writing {args.n} demo trajectories (seed {args.seed}) to {out}")
+    write_demo_jsonl(out, n=args.n, seed=args.seed)
+    if not args.no_import:
+        _print_summary(import_jsonl(_db(), out).as_dict())
+    return 0
+
+
+def cmd_datasets_show(args) -> int:
+    from qeforge.curation.export import load_manifest
+
+    root = Path(default_locations().datasets_dir)
+    manifest = load_manifest(root)
+    if manifest is None:
+        print("no dataset version yet: materialize the curation assets (`qeforge run`)", file=sys.stderr)
+        return 1
+    manifest["path"] = str(root / manifest["version"])
+    if args.json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+    else:
+        print(f"dataset version {manifest['version']} at {manifest['path']}")
+        print(f"{'category':20} {'train':>6} {'val':>6} {'test':>6}")
+        for c, s in manifest["splits"].items():
+            print(f"{c:20} {s['train']:>6} {s['validation']:>6} {s['test']:>6}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from qeforge.main_job import run_main_job
+
+    return run_main_job(demo_rows=args.demo_rows, seed=args.seed, skip_demo=args.skip_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qeforge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="print resolved locations")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("import", help="import trajectories into LanceDB")
+    p.add_argument("--format", choices=["jsonl", "agentic-qe"], required=True)
+    p.add_argument("path")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("demo-data", help="write and import a synthetic ReasoningBank")
+    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="JSONL path (default <QEFORGE_HOME>/demo/trajectories.jsonl)")
+    p.add_argument("--no-import", action="store_true", help="only write the JSONL file")
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("datasets", help="inspect curated datasets")
+    dsub = p.add_subparsers(dest="datasets_command", required=True)
+    show = dsub.add_parser("show", help="current dataset version and split sizes")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_datasets_show)
+
+    p = sub.add_parser("run", help="the main job: demo data -> every asset of the graph, recorded in DAGSTER_HOME")
+    p.add_argument("--demo-rows", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-demo", action="store_true", help="use the trajectories already in LanceDB")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here; every model loads from disk
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Curation steps as pure functions over pandas frames and numpy vectors."""

@@ -1,0 +1,69 @@
+"""Category classifier: logistic regression on sentence embeddings.
+
+Trained on rows whose category the fleet recorded; it fills in the rest and is
+saved as plain JSON (weights and classes, no pickle) so the serving shim can
+route prompts with the very same model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qeforge.categories import CATEGORIES
+
+
+@dataclass
+class CategoryClassifier:
+    classes: list[str]
+    coef: np.ndarray  # (classes, dim)
+    intercept: np.ndarray  # (classes,)
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        logits = vectors @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+        p = self.probabilities(vectors)
+        return [self.classes[i] for i in p.argmax(axis=1)], p.max(axis=1)
+
+    def save(self, path: Path) -> None:
+        payload = {"classes": self.classes, "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
+        path.write_text(json.dumps(payload))
+
+    @classmethod
+    def load(cls, path: Path) -> "CategoryClassifier":
+        d = json.loads(Path(path).read_text())
+        return cls(d["classes"], np.asarray(d["coef"], dtype=np.float32), np.asarray(d["intercept"], dtype=np.float32))
+
+
+def _fit(vectors: np.ndarray, labels: list[str], seed: int) -> CategoryClassifier:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(vectors, labels)
+    return CategoryClassifier(list(model.classes_), model.coef_.astype(np.float32), model.intercept_.astype(np.float32))
+
+
+def train_classifier(
+    vectors: np.ndarray, labels: list[str], *, seed: int = 0, holdout: float = 0.2
+) -> tuple[CategoryClassifier, float, int]:
+    """Fit on all labeled rows; report accuracy of a twin fitted without a stratified hold-out."""
+    from sklearn.model_selection import train_test_split
+
+    present = sorted(set(labels))
+    if len(present) < 2:
+        raise ValueError(f"the classifier needs labeled rows of at least two categories, found {present}")
+    unknown = set(present) - set(CATEGORIES)
+    if unknown:
+        raise ValueError(f"labels outside the category list: {sorted(unknown)}")
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(idx, test_size=holdout, random_state=seed, stratify=labels)
+    twin = _fit(vectors[train_idx], [labels[i] for i in train_idx], seed)
+    predicted, _ = twin.predict(vectors[test_idx])
+    accuracy = float(np.mean([p == labels[i] for p, i in zip(predicted, test_idx)]))
+    return _fit(vectors, labels, seed), accuracy, len(test_idx)

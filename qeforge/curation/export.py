@@ -1,0 +1,134 @@
+"""Write curated splits as versioned Hugging Face datasets, one DatasetDict per category.
+
+Layout under the datasets directory:
+    <version>/<category>/        DatasetDict (train, validation, test) + README.md card
+    <version>/manifest.json      counts and curation report
+    <version>/classifier.json    the category classifier
+    CURRENT                      the version in use
+The version is a content hash, so the same curated rows give the same version.
+A version is written to a temporary directory and renamed into place, then
+CURRENT is swapped: a crash mid-write leaves the previous version in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS
+from qeforge.curation.split import SPLITS
+
+COLUMNS = ("id", "category", "messages", "quality", "model", "group", "metadata")
+
+
+def to_messages(category: str, task: str, output: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPTS[category]},
+        {"role": "user", "content": task},
+        {"role": "assistant", "content": output},
+    ]
+
+
+def dataset_records(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": frame["id"],
+            "category": frame["category"],
+            "messages": [to_messages(c, t, o) for c, t, o in zip(frame["category"], frame["task"], frame["output"])],
+            "quality": frame["quality"].astype(float),
+            "model": frame["model"],
+            "group": frame["group"].astype(str),
+            "metadata": frame["metadata"],
+            "split": frame["split"],
+        }
+    ).sort_values(["category", "split", "id"], kind="stable")
+
+
+def content_version(records: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for row in records[["category", "split", "id", "messages", "metadata"]].itertuples(index=False):
+        digest.update(json.dumps(list(row), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _card(category: str, version: str, counts: dict[str, int], report: dict) -> str:
+    lines = [
+        "---",
+        "language: [en]",
+        "task_categories: [text-generation]",
+        f"pretty_name: qeforge {category} {version}",
+        "configs:",
+        f"  - config_name: {category}",
+        "---",
+        f"# qeforge / {category} (version `{version}`)",
+        "",
+        f"Chat-format (`messages`: system, user, assistant) supervised fine-tuning data for the `{category}` adapter,",
+        "curated from the QE fleet's ReasoningBank: validated, quality-gated, exact and semantic near-duplicates",
+        "removed, balanced to the target mix, split with no near-duplicate across splits.",
+        "",
+        "| split | rows |",
+        "|---|---|",
+        *[f"| {s} | {counts.get(s, 0)} |" for s in SPLITS],
+        "",
+        "Curation report:",
+        "```json",
+        json.dumps(report, indent=2, sort_keys=True),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_version(
+    records: pd.DataFrame, root: Path, *, report: dict, classifier=None
+) -> tuple[str, Path, bool]:
+    """Write a version unless it already exists; point CURRENT at it. Returns (version, path, written)."""
+    from datasets import Dataset, DatasetDict
+
+    root.mkdir(parents=True, exist_ok=True)
+    version = content_version(records)
+    final = root / version
+    written = False
+    if not (final / "manifest.json").exists():
+        staging = root / f".{version}.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        counts = {}
+        for category in CATEGORIES:
+            part = records[records["category"] == category]
+            splits = {
+                s: Dataset.from_pandas(part[part["split"] == s][list(COLUMNS)].reset_index(drop=True), preserve_index=False)
+                for s in SPLITS
+            }
+            DatasetDict(splits).save_to_disk(str(staging / category))
+            counts[category] = {s: int((part["split"] == s).sum()) for s in SPLITS}
+            (staging / category / "README.md").write_text(_card(category, version, counts[category], report.get(category, {})))
+        if classifier is not None:
+            classifier.save(staging / "classifier.json")
+        manifest = {"version": version, "splits": counts, "report": report}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        written = True
+    pointer = root / f".CURRENT.tmp-{os.getpid()}"
+    pointer.write_text(version + "\n")
+    os.replace(pointer, root / "CURRENT")
+    return version, final, written
+
+
+def current_version(root: Path) -> tuple[str, Path] | None:
+    pointer = Path(root) / "CURRENT"
+    if not pointer.exists():
+        return None
+    version = pointer.read_text().strip()
+    return version, Path(root) / version
+
+
+def load_manifest(root: Path) -> dict | None:
+    current = current_version(root)
+    if current is None:
+        return None
+    return json.loads((current[1] / "manifest.json").read_text())

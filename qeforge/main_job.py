@@ -1,0 +1,44 @@
+"""The main job: demo data -> the whole asset graph, recorded in the Dagster instance.
+
+Runs land in DAGSTER_HOME (default <repo>/dagster_home), so `dagster dev`
+shows them afterwards exactly as if they had been launched from the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from qeforge.locations import default_locations
+
+
+def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = False) -> int:
+    os.environ.setdefault("DAGSTER_HOME", default_locations().dagster_home)
+    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    import dagster as dg
+
+    from pipelines.definitions import defs
+    from qeforge import store
+    from qeforge.cli import _db, _print_summary
+    from qeforge.demo import write_demo_jsonl
+    from qeforge.ingest import import_jsonl
+    from qeforge.locations import qeforge_home
+
+    if not skip_demo:
+        path = qeforge_home() / "demo" / "trajectories.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_demo_jsonl(path, n=demo_rows, seed=seed)
+        _print_summary(import_jsonl(_db(), path).as_dict())
+    elif store.trajectories(_db()).count_rows() == 0:
+        print("no trajectories in LanceDB: run without --skip-demo or `qeforge import` first")
+        return 1
+
+    instance = dg.DagsterInstance.get()
+    started = time.time()
+    result = defs.get_job_def("curation").execute_in_process(instance=instance, raise_on_error=False)
+    print(f"curation: {'ok' if result.success else 'FAILED'} ({time.time() - started:.0f}s, run {result.run_id})")
+    if not result.success:
+        return 1
+    for check in result.get_asset_check_evaluations():
+        print(f"  check {check.asset_key.to_user_string()}:{check.check_name} {'passed' if check.passed else 'FAILED'}")
+    return 0 if all(c.passed for c in result.get_asset_check_evaluations()) else 1
