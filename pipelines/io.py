@@ -16,6 +16,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     base_dir: str = ""
 
     def _path(self, context, suffix: str) -> Path:
+        # InputContext and OutputContext both expose the asset key and partition of the stored value.
         base = project_path(self.base_dir) if self.base_dir else qeforge_home() / "assets"
         parts = list(context.asset_key.path)
         if context.has_asset_partitions:
@@ -37,11 +38,10 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             raise TypeError(f"ParquetIOManager stores DataFrames and dicts, got {type(obj).__name__}")
 
     def load_input(self, context: dg.InputContext):
-        upstream = context.upstream_output
-        parquet = self._path(upstream, ".parquet")
+        parquet = self._path(context, ".parquet")
         if parquet.exists():
             return pd.read_parquet(parquet)
-        as_json = self._path(upstream, ".json")
+        as_json = self._path(context, ".json")
         if as_json.exists():
             return json.loads(as_json.read_text())
         raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized ({parquet} missing)")

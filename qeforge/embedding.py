@@ -38,7 +38,7 @@ def embed_texts(
 ) -> np.ndarray:
     """Unit-normalized float32 embeddings, computed batch by batch so callers can report progress."""
     encoder = load_encoder(model_name)
-    out = np.zeros((len(texts), encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+    out = np.zeros((len(texts), encoder.get_embedding_dimension()), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
         out[start : start + len(batch)] = encoder.encode(

@@ -35,7 +35,7 @@ def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = Fals
 
     instance = dg.DagsterInstance.get()
     started = time.time()
-    result = defs.get_job_def("curation").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("curation").execute_in_process(instance=instance, raise_on_error=False)
     print(f"curation: {'ok' if result.success else 'FAILED'} ({time.time() - started:.0f}s, run {result.run_id})")
     if not result.success:
         return 1

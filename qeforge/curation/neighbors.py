@@ -5,8 +5,8 @@ inverted file, as in LanceDB's IVF index), each vector probes its `probes`
 nearest partitions, and exact cosines are computed only inside those blocks.
 Near-duplicates (cos >= 0.9) sit next to each other, so they share a probed
 partition with probability close to 1 while the work drops from n^2 to about
-n * probes * n / k. With n = 100k, k = sqrt(n) = 316 and 4 probes that is
-1.3e8 dot products instead of 5e9.
+n * probes * n / k. With n = 100k, k = 2 sqrt(n) = 632 and 3 probes that is
+4.7e7 dot products instead of 5e9 (the brute-force half of 1e10).
 
 `brute_force_pairs` is the exact O(n^2) baseline, blocked so memory stays
 at block * n floats.
@@ -49,8 +49,10 @@ def spherical_kmeans(vectors: np.ndarray, k: int, *, iterations: int = 10, seed:
     centroids = vectors[rng.choice(len(vectors), size=k, replace=False)].copy()
     for _ in range(iterations):
         assign = np.argmax(vectors @ centroids.T, axis=1)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assign, vectors)
+        # Cluster sums as one matmul with a one-hot matrix: far faster than np.add.at.
+        onehot = np.zeros((len(vectors), k), dtype=np.float32)
+        onehot[np.arange(len(vectors)), assign] = 1.0
+        sums = onehot.T @ vectors
         counts = np.bincount(assign, minlength=k)
         empty = counts == 0
         # An empty partition restarts at a random point instead of staying dead.
@@ -63,43 +65,48 @@ def ivf_pairs(
     vectors: np.ndarray,
     threshold: float,
     *,
-    probes: int = 4,
+    probes: int = 3,
+    partitions: int | None = None,
     seed: int = 0,
-    train_sample: int = 20_000,
+    train_sample: int = 8_192,
     exact_below: int = 4_096,
 ) -> np.ndarray:
     n = len(vectors)
     if n <= exact_below:  # one block of brute force is cheaper than training centroids
         return brute_force_pairs(vectors, threshold)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    k = int(np.sqrt(n))
+    k = partitions or int(2 * np.sqrt(n))
     rng = np.random.default_rng(seed)
-    sample = vectors[rng.choice(n, size=min(n, train_sample), replace=False)]
-    centroids = spherical_kmeans(sample, k, seed=seed)
+    sample = vectors[rng.choice(n, size=min(n, max(train_sample, 4 * k)), replace=False)]
+    # Centroids only steer the probing; exact cosines decide, so a few iterations suffice.
+    centroids = spherical_kmeans(sample, k, iterations=6, seed=seed)
 
     probe_lists = np.empty((n, probes), dtype=np.int64)
     for start in range(0, n, 8192):
         sims = vectors[start : start + 8192] @ centroids.T
-        top = np.argpartition(-sims, probes, axis=1)[:, :probes]
-        # argpartition leaves the top `probes` unordered; the first must be the nearest (the home partition).
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
-        probe_lists[start : start + 8192] = np.take_along_axis(top, order, axis=1)
+        rows = np.arange(len(sims))
+        for p in range(probes):  # p passes of argmax beat a full argpartition for small p
+            best = np.argmax(sims, axis=1)
+            probe_lists[start + rows, p] = best
+            sims[rows, best] = -np.inf
     home = probe_lists[:, 0]
 
-    members_of = np.argsort(home, kind="stable")
-    member_bounds = np.searchsorted(home[members_of], np.arange(k + 1))
+    # Members sorted by home partition: each partition's members are a contiguous slice.
+    order = np.argsort(home, kind="stable")
+    sorted_vectors = vectors[order]
+    bounds = np.searchsorted(home[order], np.arange(k + 1))
     flat = probe_lists.ravel()
     queries_of = np.argsort(flat, kind="stable")
     query_bounds = np.searchsorted(flat[queries_of], np.arange(k + 1))
 
     chunks = []
     for part in range(k):
-        members = members_of[member_bounds[part] : member_bounds[part + 1]]
+        lo, hi = bounds[part], bounds[part + 1]
         queries = queries_of[query_bounds[part] : query_bounds[part + 1]] // probes
-        if len(members) == 0 or len(queries) == 0:
+        if hi == lo or len(queries) == 0:
             continue
-        sims = vectors[queries] @ vectors[members].T
-        chunks.append(_pairs_from_block(sims, queries, members, threshold))
+        sims = vectors[queries] @ sorted_vectors[lo:hi].T
+        chunks.append(_pairs_from_block(sims, queries, order[lo:hi], threshold))
     return _unique_pairs(chunks)
 
 

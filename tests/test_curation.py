@@ -1,0 +1,142 @@
+"""Curation functions, tested without Dagster on vectors whose answer is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from assets.curation_checks import cross_split_leakage
+from qeforge.curation.balance import balance
+from qeforge.curation.categorize import CategoryClassifier, train_classifier
+from qeforge.curation.dedup import deduplicate
+from qeforge.curation.export import content_version, dataset_records
+from qeforge.curation.gate import GateThresholds, apply_gate
+from qeforge.curation.neighbors import brute_force_pairs, ivf_pairs
+from qeforge.curation.split import assign_splits, leakage_groups
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def perturb(v, cos, rng):
+    """A unit vector at exactly cosine `cos` from unit vector v."""
+    r = rng.standard_normal(v.shape)
+    r -= (r @ v) * v
+    r /= np.linalg.norm(r)
+    return (cos * v + np.sqrt(1 - cos**2) * r).astype(np.float32)
+
+
+def frame(n, **cols):
+    base = {
+        "id": [f"r{i:04d}" for i in range(n)],
+        "task": [f"task number {i}" for i in range(n)],
+        "output": [f"output {i}" for i in range(n)],
+        "quality": [0.9] * n,
+        "usage_count": [5] * n,
+        "category": ["test-generation"] * n,
+    }
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def test_gate_rejects_by_first_failing_reason():
+    f = frame(5, outcome=["success", "failure", "success", "success", "success"],
+              quality=[0.9, 0.95, 0.7, 0.9, 0.9], confidence=[0.9, 0.9, 0.9, 0.5, 0.9], usage_count=[3, 9, 9, 9, 2])
+    kept, rejected = apply_gate(f, GateThresholds())
+    assert kept["id"].tolist() == ["r0000"]
+    assert rejected == {"outcome_not_success": 1, "quality_below_min": 1, "confidence_below_min": 1, "usage_below_min": 1}
+
+
+def test_ivf_pairs_match_brute_force_on_planted_near_duplicates():
+    rng = np.random.default_rng(0)
+    base = unit(rng.standard_normal((6000, 64)))
+    planted = rng.choice(6000, 300, replace=False)
+    dups = np.stack([perturb(base[i], 0.97, rng) for i in planted])
+    vectors = np.concatenate([base, dups])
+    exact = {tuple(p) for p in brute_force_pairs(vectors, 0.95)}
+    found = {tuple(p) for p in ivf_pairs(vectors, 0.95)}
+    assert {(int(i), 6000 + k) for k, i in enumerate(planted)} <= exact
+    assert len(found & exact) / len(exact) >= 0.99
+    assert found <= exact  # exact cosines inside the blocks: no false positives
+
+
+def test_dedup_keeps_best_member_and_reports_kinds():
+    rng = np.random.default_rng(1)
+    v = unit(rng.standard_normal((4, 32)))
+    vectors = np.stack([v[0], perturb(v[0], 0.97, rng), v[1], v[2], v[3]])
+    f = frame(5, task=["Parse dates", "parse a date string", "PARSE  dates", "other", "more"],
+              output=["o", "p", "O", "x", "y"], quality=[0.85, 0.95, 0.9, 0.9, 0.9], usage_count=[3, 3, 9, 3, 3])
+    # rows 0 and 2 are exact (case/space) duplicates; row 1 is a semantic duplicate of row 0.
+    vectors[2] = vectors[0]
+    result = deduplicate(f, vectors, 0.95)
+    assert sorted(result.kept["id"]) == ["r0001", "r0003", "r0004"]  # r0001 has the best quality in the group
+    kinds = dict(zip(result.removed["id"], result.removed["kind"]))
+    # Both differ from the leader r0001 only semantically; r0000/r0002 form one exact group.
+    assert kinds == {"r0000": "semantic", "r0002": "semantic"}
+    assert (result.exact_groups, result.semantic_groups) == (1, 0)
+    assert set(result.removed["duplicate_of"]) == {"r0001"}
+    assert result.kept.set_index("id").loc["r0001", "dup_group_size"] == 3
+
+
+def test_near_duplicates_straddling_a_split_stay_together():
+    """Pairs at cosine 0.93 survive dedup (0.95) but must never be split apart (leakage 0.90)."""
+    rng = np.random.default_rng(2)
+    anchors = unit(rng.standard_normal((120, 48)))
+    twins = np.stack([perturb(a, 0.93, rng) for a in anchors])
+    vectors = np.concatenate([anchors, twins])
+    f = frame(240, category=["test-generation"] * 160 + ["code-review"] * 80)
+    assert len(deduplicate(f, vectors, 0.95).kept) == 240  # nothing removed at 0.95
+    groups = leakage_groups(vectors, 0.90)
+    split = assign_splits(f, groups, (0.7, 0.15, 0.15), seed=0).to_numpy()
+    assert all(split[i] == split[i + 120] for i in range(120))
+    found = cross_split_leakage(f["task"].tolist(), vectors, split, 0.90)
+    assert found["semantic_cross_split_pairs"] == 0 and found["exact_cross_split"] == 0
+    # Without grouping, random splits would leak: the independent check must notice.
+    shuffled = np.random.default_rng(0).permutation(split)
+    assert cross_split_leakage(f["task"].tolist(), vectors, shuffled, 0.90)["semantic_cross_split_pairs"] > 0
+
+
+def test_splits_are_stratified_and_near_target_ratios():
+    rng = np.random.default_rng(3)
+    vectors = unit(rng.standard_normal((400, 32)))
+    f = frame(400, category=["test-generation"] * 300 + ["flaky-detection"] * 100)
+    split = assign_splits(f, np.arange(400), (0.7, 0.15, 0.15), seed=0)
+    for category, n in (("test-generation", 300), ("flaky-detection", 100)):
+        shares = split[f["category"] == category].value_counts() / n
+        assert abs(shares["train"] - 0.70) <= 0.01 and abs(shares["test"] - 0.15) <= 0.01
+
+
+def test_balance_never_invents_rows_and_reports_shortfall():
+    f = frame(100, category=["test-generation"] * 70 + ["code-review"] * 30, quality=np.linspace(0.8, 1.0, 100))
+    out, report = balance(f, {"test-generation": 0.5, "code-review": 0.5})
+    assert out["category"].value_counts().to_dict() == {"test-generation": 30, "code-review": 30}
+    assert report["test-generation"]["dropped_surplus"] == 40
+    # The best test-generation rows are the ones kept.
+    assert out[out["category"] == "test-generation"]["quality"].min() >= f["quality"].iloc[40]
+    _, capped = balance(f, {"test-generation": 0.5, "code-review": 0.5}, target_total=100)
+    assert capped["code-review"]["shortfall"] == 20
+
+
+def test_classifier_learns_separable_categories_and_round_trips(tmp_path):
+    rng = np.random.default_rng(4)
+    centers = unit(rng.standard_normal((3, 16))) * 3
+    labels = ["test-generation", "code-review", "flaky-detection"]
+    vectors = np.concatenate([c + 0.3 * rng.standard_normal((60, 16)) for c in centers]).astype(np.float32)
+    y = [label for label in labels for _ in range(60)]
+    model, accuracy, held_out = train_classifier(vectors, y)
+    assert accuracy >= 0.95 and held_out == 36
+    model.save(tmp_path / "c.json")
+    again = CategoryClassifier.load(tmp_path / "c.json")
+    assert again.predict(vectors)[0] == model.predict(vectors)[0]
+    with pytest.raises(ValueError, match="at least two"):
+        train_classifier(vectors[:10], ["code-review"] * 10)
+
+
+def test_dataset_version_is_a_content_hash():
+    f = frame(6, category=["code-review"] * 6, model=["m"] * 6, metadata=["{}"] * 6,
+              group=[str(i) for i in range(6)], split=["train"] * 4 + ["validation", "test"])
+    a = content_version(dataset_records(f))
+    assert a == content_version(dataset_records(f.sample(frac=1, random_state=1)))  # row order does not matter
+    changed = f.copy()
+    changed.loc[0, "output"] = "different"
+    assert content_version(dataset_records(changed)) != a

@@ -1,0 +1,87 @@
+"""The curation graph end to end on a small demo ReasoningBank, through Dagster."""
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+from datasets import load_from_disk
+
+from pipelines.definitions import defs
+from qeforge.categories import CATEGORIES
+
+
+def materialize_curation():
+    job = defs.resolve_job_def("curation")
+    return job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
+
+
+@pytest.fixture
+def demo_bank(qe_home, tmp_path):
+    from qeforge.demo import write_demo_jsonl
+    from qeforge.ingest import import_jsonl
+    from pipelines.resources import LanceDBResource
+
+    path = write_demo_jsonl(tmp_path / "demo.jsonl", n=600, seed=0, with_embeddings=False)
+    summary = import_jsonl(LanceDBResource().connect(), path)
+    return path, summary
+
+
+def test_curation_graph_materializes_with_passing_checks(demo_bank, qe_home):
+    _, summary = demo_bank
+    assert summary.imported > 0 and summary.quarantined_total > 0
+    result = materialize_curation()
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {
+        "schema_valid": True,
+        "quarantine_rate_below_bound": True,
+        "category_mix_within_tolerance": True,
+        "splits_non_empty": True,
+        "no_cross_split_leakage": True,
+    }
+    out = result.output_for_node("curated_datasets")
+    for category in CATEGORIES:
+        dd = load_from_disk(f"{out['path']}/{category}")
+        assert set(dd) == {"train", "validation", "test"}
+        roles = [m["role"] for m in dd["train"][0]["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        assert dd["train"].num_rows == out["splits"][category]["train"] > 0
+    dedup = result.asset_materializations_for_node("deduplicated")[0].metadata
+    assert dedup["removed_exact"].value + dedup["removed_semantic"].value > 0  # the demo plants duplicates
+
+    # Same input -> same dataset version, and the existing version is reused rather than rewritten.
+    again = materialize_curation().output_for_node("curated_datasets")
+    assert again["version"] == out["version"]
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "qeforge.cli", "datasets", "show", "--json"], capture_output=True, text=True, check=True
+    )
+    manifest = json.loads(shown.stdout)
+    assert manifest["version"] == out["version"] and manifest["splits"] == out["splits"]
+
+
+def test_info_reports_locations_under_qeforge_home(qe_home):
+    shown = subprocess.run([sys.executable, "-m", "qeforge.cli", "info", "--json"], capture_output=True, text=True, check=True)
+    info = json.loads(shown.stdout)
+    assert info["lancedb_uri"] == str(qe_home / "lancedb")
+    assert info["mlflow_tracking_uri"] == f"sqlite:///{qe_home / 'mlflow' / 'mlflow.db'}"
+    assert info["datasets_dir"] == str(qe_home / "datasets")
+
+
+def test_import_cli_counts_and_exit_code(qe_home, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"id": "a", "task": "t", "output": "o", "model": "m", "outcome": "success", "quality": 0.9, "confidence": 0.9}\n{oops\n')
+    run = subprocess.run([sys.executable, "-m", "qeforge.cli", "import", "--format", "jsonl", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0
+    assert "read 2, imported 1, already present 0, quarantined 1" in run.stdout
+    assert "malformed_json: 1" in run.stdout
+    missing = subprocess.run([sys.executable, "-m", "qeforge.cli", "import", "--format", "jsonl", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_empty_bank_fails_with_a_clear_message(qe_home):
+    result = defs.resolve_job_def("curation").execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("raw_trajectories")
+    assert "qeforge demo-data" in failure.error.message
