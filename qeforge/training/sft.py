@@ -1,0 +1,298 @@
+"""LoRA SFT of one category, in the spirit of trl/scripts/sft.py.
+
+    python -m qeforge.training.sft --config recipes/phi-4/sft/config_code-review.yaml \
+        --dataset_path <datasets_dir>/<version>/code-review --output_dir <models_dir>/code-review
+    accelerate launch -m qeforge.training.sft --config ...
+
+output_dir ends up holding adapter_config.json + adapter_model.safetensors (never base
+weights) and training_summary.json; checkpoint-* dirs exist only while a run is unfinished,
+and the next call with the same inputs resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import RecipeError, ScriptArguments, check_recipe_keys, load_recipe  # noqa: F401 (re-exported)
+
+SUMMARY = "training_summary.json"
+RUN_STATE = "run_state.json"  # present while a run is unfinished: its fingerprint + base val loss
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Fields that name where things go, not what is trained: excluded from the fingerprint.
+_VOLATILE = {"output_dir", "logging_dir", "run_name", "report_to", "resume_from_checkpoint", "force",
+             "dataset_path", "disable_tqdm", "hub_token", "push_to_hub"}
+
+
+def resolved_recipe(script_args, training_args, model_args) -> dict[str, Any]:
+    """All three argument sets as one flat JSON-safe dict (what MLflow logs as params)."""
+    from dataclasses import asdict
+
+    merged = {**training_args.to_dict(), **asdict(model_args), **asdict(script_args)}
+    return json.loads(json.dumps(merged, default=str))
+
+
+def dataset_hash(dsd) -> str:
+    """Content hash of the train/validation/test rows (independent of how the files were written)."""
+    h = hashlib.sha256()
+    for split in sorted(dsd):
+        h.update(split.encode())
+        for batch in dsd[split].iter(batch_size=1000):
+            h.update(json.dumps(batch, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _base_model_stamp(name: str) -> str:
+    """The base model's identity: the hub id, or for a local dir its config and weight files."""
+    p = Path(name)
+    if not p.is_dir():
+        return name
+    h = hashlib.sha256(name.encode())
+    for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")):
+        h.update(f.name.encode())
+        # Tiny bases are hashed whole; for a local 28 GB phi-4 the name and size stand in.
+        h.update(f.read_bytes() if f.stat().st_size < 64 << 20 else str(f.stat().st_size).encode())
+    return h.hexdigest()
+
+
+def _load_splits(script_args):
+    from datasets import load_from_disk
+
+    path = Path(script_args.dataset_path or "")
+    if not script_args.dataset_path or not path.is_dir():
+        raise RecipeError(f"dataset_path {str(path)!r} is not a directory; point it at <datasets_dir>/<version>/<category>")
+    try:
+        dsd = load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - any load failure means the same fix
+        raise RecipeError(f"dataset_path {path} is not a saved DatasetDict: {e}") from e
+    for split in ("train", "validation"):
+        if split not in dsd or len(dsd[split]) == 0:
+            raise RecipeError(f"dataset {path}: split {split!r} is missing or empty; re-run curation for this category")
+        if "messages" not in dsd[split].column_names:
+            raise RecipeError(f"dataset {path}: split {split!r} has no 'messages' column")
+    return dsd
+
+
+def _check_model(model_args, training_args) -> None:
+    """Fail before loading weights: LoRA required, and its target modules must exist (meta-device model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not model_args.use_peft:
+        raise RecipeError("use_peft must be true: this stack trains one LoRA adapter per category")
+    targets = model_args.lora_target_modules
+    if targets is None or isinstance(targets, str):  # None: peft's per-architecture default; "all-linear"
+        return
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                        trust_remote_code=training_args.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code)
+    available = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise RecipeError(f"lora_target_modules {missing} not in {model_args.model_name_or_path}; "
+                          f"its linear modules are {available}")
+
+
+def _training_tokenizer(model_args, training_args):
+    """The base tokenizer with a chat template that has {% generation %} markers (assistant_only_loss)."""
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    from .tokenizer import PHI4_TRAINING_CHAT_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                        trust_remote_code=training_args.trust_remote_code)
+    if training_args.assistant_only_loss and not has_generation_markers(tok.chat_template or ""):
+        if "<|im_sep|>" in (tok.chat_template or ""):  # microsoft/phi-4: trl has no patch for it
+            tok.chat_template = PHI4_TRAINING_CHAT_TEMPLATE
+        else:
+            try:
+                tok.chat_template = get_training_chat_template(tok) or tok.chat_template
+            except ValueError as e:
+                raise RecipeError(f"{model_args.model_name_or_path}: {e} (or set assistant_only_loss: false)") from e
+    return tok
+
+
+def _history(log_history: list[dict]) -> dict[str, dict[str, list]]:
+    train = {k: [] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second")}
+    evals = {k: [] for k in ("step", "epoch", "eval_loss")}
+    for row in log_history:
+        if "loss" in row:
+            for k in train:
+                train[k].append(row.get(k))
+        elif "eval_loss" in row:
+            for k in evals:
+                evals[k].append(row.get(k))
+    return {"train": train, "eval": evals}
+
+
+def _throughput_callback():
+    from transformers import TrainerCallback
+
+    class Throughput(TrainerCallback):
+        """Adds tokens_per_second to each training log row, from trl's cumulative num_tokens.
+        Written into state.log_history, so it survives checkpoint/resume with the rest."""
+
+        def __init__(self):
+            self.last = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            row = state.log_history[-1] if state.log_history else {}
+            if "loss" not in row or "num_tokens" not in row:
+                return
+            now, tokens = time.perf_counter(), row["num_tokens"]
+            if self.last is not None and tokens >= self.last[1] and now > self.last[0]:
+                row["tokens_per_second"] = round((tokens - self.last[1]) / (now - self.last[0]), 1)
+            self.last = (now, tokens)
+
+    return Throughput()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def main(script_args, training_args, model_args, *, callbacks=None) -> dict[str, Any]:
+    """Train (or resume, or skip) one category's adapter; returns the training summary."""
+    from accelerate import PartialState
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer, get_peft_config, get_quantization_config
+
+    t0 = time.perf_counter()
+    dsd = _load_splits(script_args)
+    _check_model(model_args, training_args)
+    recipe = resolved_recipe(script_args, training_args, model_args)
+    ds_hash = dataset_hash(dsd)
+    identity = {k: v for k, v in recipe.items() if k not in _VOLATILE}
+    fingerprint = hashlib.sha256(json.dumps(
+        {"dataset": ds_hash, "recipe": identity, "base": _base_model_stamp(model_args.model_name_or_path)},
+        sort_keys=True).encode()).hexdigest()
+
+    out = Path(training_args.output_dir)
+    summary_path, state_path = out / SUMMARY, out / RUN_STATE
+    done = _read_json(summary_path)
+    if done and done.get("finished") and done.get("fingerprint") == fingerprint and not script_args.force:
+        return {**done, "skipped": True}
+
+    # Under `accelerate launch` every rank runs this; only the main one touches output_dir.
+    dist = PartialState()
+    state = _read_json(state_path)
+    resume = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if script_args.force or not state or state.get("fingerprint") != fingerprint:
+        # Nothing resumable: a forced rerun, or checkpoints of different inputs.
+        resume, state = None, {"fingerprint": fingerprint}
+        if dist.is_main_process:
+            for ckpt in out.glob("checkpoint-*"):
+                shutil.rmtree(ckpt)
+    if dist.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        summary_path.unlink(missing_ok=True)  # an interrupted run must not look finished
+        state_path.write_text(json.dumps(state))
+    dist.wait_for_everyone()
+
+    # Model loading follows trl's script: SFTTrainer instantiates it from these kwargs. A copy,
+    # because the trainer mutates its args and the caller's must keep fingerprinting the same.
+    training_args = copy.deepcopy(training_args)
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation, "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    # Only `messages` feeds the model; the other columns (id, quality, metadata...) are provenance.
+    trainer = SFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=dsd["train"].select_columns(["messages"]),
+        eval_dataset=dsd["validation"].select_columns(["messages"]),
+        processing_class=_training_tokenizer(model_args, training_args),
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+        callbacks=[_throughput_callback(), *(callbacks or [])],
+    )
+    if "base_val_loss" not in state:
+        # The base's loss on the same packed, assistant-masked validation split (LoRA B starts
+        # at zero, but disabling the adapter makes "base" explicit).
+        with trainer.model.disable_adapter():
+            state["base_val_loss"] = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+        if dist.is_main_process:
+            state_path.write_text(json.dumps(state))
+
+    result = trainer.train(resume_from_checkpoint=resume)
+    best = trainer.state.best_metric  # eval_loss of the checkpoint load_best_model_at_end restored
+    val_loss = best if best is not None else trainer.evaluate()["eval_loss"]
+
+    if dist.is_main_process:
+        # Adapter only: peft writes adapter_config.json + adapter_model.safetensors (+ a README we drop).
+        trainer.model.save_pretrained(str(out))
+        (out / "README.md").unlink(missing_ok=True)
+        for ckpt in out.glob("checkpoint-*"):
+            shutil.rmtree(ckpt)
+    dist.wait_for_everyone()
+
+    history = _history(trainer.state.log_history)
+    model = trainer.model
+    summary = {
+        "finished": True,
+        "skipped": False,
+        "fingerprint": fingerprint,
+        "category": script_args.category,
+        "base_model": model_args.model_name_or_path,
+        "dataset_path": str(script_args.dataset_path),
+        "dataset_hash": ds_hash,
+        "n_train": len(dsd["train"]),
+        "n_validation": len(dsd["validation"]),
+        "resumed_from": Path(resume).name if resume else None,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "final_train_loss": history["train"]["loss"][-1] if history["train"]["loss"] else None,
+        "val_loss": val_loss,
+        "base_val_loss": state["base_val_loss"],
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "train_tokens": None,
+        "tokens_per_second": None,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "wall_time_s": round(time.perf_counter() - t0, 2),
+        "adapter_size_bytes": sum((out / f).stat().st_size for f in ADAPTER_FILES),
+        "history": history,
+        "recipe": recipe,
+    }
+    tokens = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]
+    if tokens and summary["train_runtime_s"]:
+        summary["train_tokens"] = tokens[-1]
+        summary["tokens_per_second"] = round(tokens[-1] / summary["train_runtime_s"], 1)
+    if dist.is_main_process:
+        summary_path.write_text(json.dumps(summary, indent=1, default=str))
+        state_path.unlink(missing_ok=True)
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
+        trainer.end()
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    """TrlParser route (`--config recipe.yaml` plus `--field value` overrides), keys checked first."""
+    from trl import TrlParser
+
+    from .config import _dataclass_types, read_recipe
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        read_recipe(argv[argv.index("--config") + 1])  # RecipeError naming unknown fields
+    parser = TrlParser(_dataclass_types())
+    script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    return main(script_args, training_args, model_args)
+
+
+if __name__ == "__main__":
+    summary = cli()
+    print(json.dumps({k: summary[k] for k in ("category", "skipped", "val_loss", "base_val_loss", "wall_time_s")}))
