@@ -2,21 +2,28 @@
 
 import dagster as dg
 
-from assets import curation
+from assets import curation, training
 from assets.curation_checks import CURATION_CHECKS
 from pipelines.io import ParquetIOManager
-from pipelines.jobs import curation_job
-from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBResource, MLflowResource
+from pipelines.jobs import adapters_job, curation_job
+from pipelines.resources import (
+    CurationSettings,
+    DatasetStoreResource,
+    LanceDBResource,
+    MLflowResource,
+    TrainingSettings,
+)
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([curation]),
+    assets=dg.load_assets_from_modules([curation, training]),
     asset_checks=CURATION_CHECKS,
-    jobs=[curation_job],
+    jobs=[curation_job, adapters_job],
     resources={
         "io_manager": ParquetIOManager(),
         "lancedb": LanceDBResource(),
         "mlflow": MLflowResource(),
         "dataset_store": DatasetStoreResource(),
         "curation": CurationSettings(),
+        "training": TrainingSettings(),
     },
 )

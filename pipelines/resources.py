@@ -2,6 +2,7 @@
 
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -87,3 +88,16 @@ class CurationSettings(dg.ConfigurableResource):
 
     def gate(self) -> GateThresholds:
         return GateThresholds(self.min_quality, self.min_confidence, self.min_usage_count)
+
+
+class TrainingSettings(dg.ConfigurableResource):
+    """Which base model and recipes train the adapters. Production vs embedded default is this config."""
+
+    profile: str = Field(default="tiny", description='"tiny": embedded CPU default; "phi-4": microsoft/phi-4 recipes')
+    base_model: str = Field(default="", description="hub id or local path; empty: the profile's default")
+    recipe_overrides: dict[str, Any] = Field(default_factory=dict, description="SFTConfig/ModelConfig fields to override")
+    base_pretrain_steps: int = Field(default=300, description="tiny profile: pretraining steps of the base model")
+    force: bool = Field(default=False, description="retrain even when dataset, recipe and base are unchanged")
+
+    def models_dir(self) -> Path:
+        return project_path(default_locations().models_dir)

@@ -84,6 +84,50 @@ def cmd_datasets_show(args) -> int:
     return 0
 
 
+def latest_adapters(models_dir: Path) -> dict[str, dict]:
+    """Per category, the most recently finished adapter under <models>/adapters/<category>/<dataset version>/."""
+    from qeforge.categories import CATEGORIES
+
+    found = {}
+    for category in CATEGORIES:
+        summaries = sorted(
+            (models_dir / "adapters" / category).glob("*/training_summary.json"), key=lambda p: p.stat().st_mtime
+        )
+        if not summaries:
+            continue
+        directory = summaries[-1].parent
+        summary = json.loads(summaries[-1].read_text())
+        run_file = directory / "mlflow_run.json"
+        found[category] = {
+            "adapter_dir": str(directory),
+            "base_model": summary.get("base_model"),
+            "dataset_version": directory.name,
+            "dataset_hash": summary.get("dataset_hash"),
+            "mlflow_run_id": json.loads(run_file.read_text())["run_id"] if run_file.exists() else None,
+            "train_loss": summary.get("train_loss"),
+            "val_loss": summary.get("val_loss"),
+            "base_val_loss": summary.get("base_val_loss"),
+        }
+    return found
+
+
+def cmd_adapters_list(args) -> int:
+    adapters = latest_adapters(Path(default_locations().models_dir))
+    if args.json:
+        print(json.dumps(adapters, indent=2, sort_keys=True))
+        return 0
+    if not adapters:
+        print("no adapters yet: run `qeforge run` or materialize lora_adapter in Dagster")
+        return 0
+    print(f"{'category':20} {'val loss':>9} {'base val':>9} {'train':>7}  {'mlflow run':32}  adapter")
+    for c, a in adapters.items():
+        print(
+            f"{c:20} {a['val_loss']:9.4f} {a['base_val_loss']:9.4f} {a['train_loss'] or 0:7.4f}  "
+            f"{a['mlflow_run_id'] or '-':32}  {a['adapter_dir']}"
+        )
+    return 0
+
+
 def cmd_run(args) -> int:
     from qeforge.main_job import run_main_job
 
@@ -115,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = dsub.add_parser("show", help="current dataset version and split sizes")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_datasets_show)
+
+    p = sub.add_parser("adapters", help="inspect trained adapters")
+    asub = p.add_subparsers(dest="adapters_command", required=True)
+    listing = asub.add_parser("list", help="latest adapter per category with its losses and MLflow run")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_adapters_list)
 
     p = sub.add_parser("run", help="the main job: demo data -> every asset of the graph, recorded in DAGSTER_HOME")
     p.add_argument("--demo-rows", type=int, default=3000)

@@ -18,6 +18,7 @@ def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = Fals
     import dagster as dg
 
     from pipelines.definitions import defs
+    from qeforge.categories import CATEGORIES
     from qeforge import store
     from qeforge.cli import _db, _print_summary
     from qeforge.demo import write_demo_jsonl
@@ -39,6 +40,21 @@ def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = Fals
     print(f"curation: {'ok' if result.success else 'FAILED'} ({time.time() - started:.0f}s, run {result.run_id})")
     if not result.success:
         return 1
-    for check in result.get_asset_check_evaluations():
+    checks = list(result.get_asset_check_evaluations())
+    for category in CATEGORIES:
+        started = time.time()
+        run = defs.resolve_job_def("adapters").execute_in_process(
+            instance=instance, partition_key=category, raise_on_error=False
+        )
+        adapter = run.output_for_node("lora_adapter") if run.success else None
+        print(
+            f"adapter {category}: {'ok' if run.success else 'FAILED'} ({time.time() - started:.0f}s"
+            + (f", val loss {adapter['val_loss']:.3f} vs base {adapter['base_val_loss']:.3f}" if adapter else "")
+            + ")"
+        )
+        if not run.success:
+            return 1
+        checks += run.get_asset_check_evaluations()
+    for check in checks:
         print(f"  check {check.asset_key.to_user_string()}:{check.check_name} {'passed' if check.passed else 'FAILED'}")
-    return 0 if all(c.passed for c in result.get_asset_check_evaluations()) else 1
+    return 0 if all(c.passed for c in checks) else 1

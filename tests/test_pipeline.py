@@ -8,7 +8,11 @@ import dagster as dg
 import pytest
 from datasets import load_from_disk
 
+import mlflow
+
+from assets.training import base_model, lora_adapter
 from pipelines.definitions import defs
+from pipelines.resources import MLflowResource, TrainingSettings
 from qeforge.categories import CATEGORIES
 
 
@@ -59,6 +63,21 @@ def test_curation_graph_materializes_with_passing_checks(demo_bank, qe_home):
     )
     manifest = json.loads(shown.stdout)
     assert manifest["version"] == out["version"] and manifest["splits"] == out["splits"]
+
+    # Training through Dagster: the tiny base, then one category partition, logged to MLflow.
+    resources = {**defs.resources, "training": TrainingSettings(base_pretrain_steps=30)}
+    assets = list(defs.assets)
+    dg.materialize(assets, selection=[base_model.key], resources=resources)
+    run = dg.materialize(assets, selection=[lora_adapter.key], partition_key="test-generation", resources=resources)
+    adapter = run.output_for_node("lora_adapter")
+    checks = {c.check_name: c.passed for c in run.get_asset_check_evaluations()}
+    assert checks == {"adapter_beats_base_val_loss": True}
+    assert adapter["val_loss"] < adapter["base_val_loss"]
+    mlflow_run = mlflow.MlflowClient(MLflowResource().resolved_tracking_uri()).get_run(adapter["mlflow_run_id"])
+    assert mlflow_run.data.params["dataset_hash"] and "eval_loss" in mlflow_run.data.metrics
+    listed = subprocess.run([sys.executable, "-m", "qeforge.cli", "adapters", "list", "--json"],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(listed.stdout)["test-generation"]["mlflow_run_id"] == adapter["mlflow_run_id"]
 
 
 def test_info_reports_locations_under_qeforge_home(qe_home):

@@ -1,0 +1,152 @@
+"""Training stage: the base model and one LoRA adapter per category partition, tracked in MLflow."""
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+from assets.metadata import md_records
+from pipelines.partitions import category_partitions
+from pipelines.resources import MLflowResource, TrainingSettings
+from qeforge.categories import CATEGORIES
+
+GROUP = "training"
+PHI4 = "microsoft/phi-4"
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, deps=["curated_datasets"], op_tags={"qeforge/stage": "training"})
+def base_model(context: dg.AssetExecutionContext, training: TrainingSettings, curated_datasets: dict) -> dg.Output[dict]:
+    """The model adapters are trained on: Phi-4 by name, or the tiny Phi-3 built on the curated corpus."""
+    if training.profile != "tiny":
+        name = training.base_model or PHI4
+        return dg.Output({"name_or_path": name, "profile": training.profile}, metadata={"base_model": name})
+    from qeforge.training.base_model import build_tiny_base, corpus_from_datasets
+
+    # Pretrained on every category's train split only: validation and test stay unseen.
+    texts = corpus_from_datasets([Path(curated_datasets["path"]) / c for c in CATEGORIES], split="train")
+    out = Path(training.base_model) if training.base_model else training.models_dir() / "base" / "tiny-phi3"
+    started = time.time()
+    context.log.info(f"building the tiny Phi-3 base on {len(texts)} conversations ({training.base_pretrain_steps} steps)")
+    path = build_tiny_base(texts, out, steps=training.base_pretrain_steps)
+    info = json.loads((path / "build_info.json").read_text()) if (path / "build_info.json").exists() else {}
+    config = json.loads((path / "config.json").read_text())
+    return dg.Output(
+        {"name_or_path": str(path), "profile": "tiny", "dataset_version": curated_datasets["version"]},
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "architecture": config.get("architectures", ["?"])[0],
+            "hidden_size": config["hidden_size"],
+            "num_hidden_layers": config["num_hidden_layers"],
+            "vocab_size": config["vocab_size"],
+            "pretrain_texts": len(texts),
+            "build_seconds": round(time.time() - started, 1),
+            **{k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        },
+    )
+
+
+def _recipe(training: TrainingSettings, category: str, base: dict, dataset_dir: Path, output_dir: Path):
+    from qeforge.training.config import load_recipe
+    from qeforge.training.recipes import recipe_path
+
+    overrides = {
+        "model_name_or_path": base["name_or_path"],
+        "dataset_path": str(dataset_dir),
+        "category": category,
+        "output_dir": str(output_dir),
+        "force": training.force,
+        **training.recipe_overrides,
+    }
+    return load_recipe(recipe_path(training.profile, category), overrides=overrides)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+    partitions_def=category_partitions,
+    op_tags={"qeforge/stage": "training"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "adapter_beats_base_val_loss",
+            asset="lora_adapter",
+            description="The adapter's val loss is below its base model's on the same split",
+        )
+    ],
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext,
+    base_model: dict,
+    curated_datasets: dict,
+    training: TrainingSettings,
+    mlflow: MLflowResource,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """A LoRA adapter (PEFT dir) for this category: trl SFT on train, best checkpoint by val loss."""
+    from qeforge.training.sft import main as sft_main
+    from qeforge.training.sft import resolved_recipe
+    from qeforge.training.tracking import log_training_run, plot_loss_curves
+
+    category = context.partition_key
+    dataset_dir = Path(curated_datasets["path"]) / category
+    output_dir = training.models_dir() / "adapters" / category / curated_datasets["version"]
+    script_args, sft_config, model_config = _recipe(training, category, base_model, dataset_dir, output_dir)
+    context.log.info(f"training {category} on {dataset_dir} -> {output_dir}")
+    summary = sft_main(script_args, sft_config, model_config)
+
+    run_file = output_dir / "mlflow_run.json"
+    if summary.get("skipped") and run_file.exists():
+        run_id = json.loads(run_file.read_text())["run_id"]
+        context.log.info(f"unchanged dataset, recipe and base: reusing run {run_id}")
+    else:
+        plot = plot_loss_curves(summary, output_dir / "loss_curve.png")
+        experiment = f"qeforge-{category}"
+        mlflow.experiment_id(experiment)  # creates it with the configured artifact location
+        run_id = log_training_run(
+            summary,
+            resolved_recipe(script_args, sft_config, model_config),
+            output_dir,
+            plot,
+            tracking_uri=mlflow.resolved_tracking_uri(),
+            experiment_name=experiment,
+            run_name=f"{category}-{curated_datasets['version']}",
+            tags={"category": category, "dataset_version": curated_datasets["version"], "profile": training.profile},
+        )
+        run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": mlflow.resolved_tracking_uri()}))
+
+    val_curve = summary.get("history", {}).get("eval", {})
+    yield dg.Output(
+        {
+            "category": category,
+            "adapter_dir": str(output_dir),
+            "base_model": base_model["name_or_path"],
+            "dataset_version": curated_datasets["version"],
+            "mlflow_run_id": run_id,
+            "train_loss": summary.get("train_loss"),
+            "val_loss": summary.get("val_loss"),
+            "base_val_loss": summary.get("base_val_loss"),
+        },
+        metadata={
+            "adapter_dir": dg.MetadataValue.path(str(output_dir)),
+            "mlflow_run_id": run_id,
+            "mlflow_tracking_uri": mlflow.resolved_tracking_uri(),
+            "skipped_unchanged": bool(summary.get("skipped")),
+            "val_loss": float(summary["val_loss"]),
+            "base_val_loss": float(summary["base_val_loss"]),
+            "train_loss": float(summary.get("train_loss") or 0.0),
+            "trainable_params": int(summary["trainable_params"]),
+            "trainable_share": float(summary["trainable_params"] / summary["total_params"]),
+            "tokens_per_second": float(summary.get("tokens_per_second") or 0.0),
+            "wall_time_s": float(summary.get("wall_time_s") or 0.0),
+            "adapter_size_bytes": int(summary["adapter_size_bytes"]),
+            "loss_curve_png": dg.MetadataValue.path(str(output_dir / "loss_curve.png")),
+            "val_loss_by_epoch": md_records(
+                [{"step": s, "eval_loss": round(v, 4)} for s, v in zip(val_curve.get("step", []), val_curve.get("eval_loss", []))]
+            ),
+        },
+    )
+    gain = summary["base_val_loss"] - summary["val_loss"]
+    yield dg.AssetCheckResult(
+        check_name="adapter_beats_base_val_loss",
+        passed=gain > 0,
+        metadata={"val_loss": float(summary["val_loss"]), "base_val_loss": float(summary["base_val_loss"]), "gain": float(gain)},
+    )
