@@ -192,8 +192,11 @@ def curated_datasets(
     context: dg.AssetExecutionContext,
     balanced: pd.DataFrame,
     raw_trajectories: pd.DataFrame,
+    quality_gated: pd.DataFrame,
+    categorized: pd.DataFrame,
     curation: CurationSettings,
     dataset_store: DatasetStoreResource,
+    lancedb: LanceDBResource,
 ) -> dg.Output[dict]:
     """Stratified 70/15/15 splits, near-duplicate groups kept together, saved as versioned HF datasets."""
     vectors = np.stack(balanced["vector"].to_numpy()).astype(np.float32)
@@ -202,13 +205,30 @@ def curated_datasets(
     frame = balanced.assign(group=[balanced["id"].iloc[g] for g in groups], split=split.to_numpy())
     records = dataset_records(frame)
     splits = {c: {s: int(((frame["category"] == c) & (frame["split"] == s)).sum()) for s in ("train", "validation", "test")} for c in CATEGORIES}
+    quarantine = store.quarantine(lancedb.connect()).to_arrow().select(["reason"]).to_pandas()
+    recorded_gated = quality_gated["category"].value_counts()
+    recorded_kept = categorized[categorized["category_source"] == "recorded"]["category"].value_counts()
+    after_dedup = categorized["category"].value_counts()
     report = {
         c: {
-            "raw": int((raw_trajectories["category"] == c).sum()),
+            "raw_recorded": int((raw_trajectories["category"] == c).sum()),
+            "gated_recorded": int(recorded_gated.get(c, 0)),
+            "dedup_removed_recorded": int(recorded_gated.get(c, 0) - recorded_kept.get(c, 0)),
+            "after_dedup_and_categorization": int(after_dedup.get(c, 0)),
             "balanced": int((frame["category"] == c).sum()),
+            "dropped_by_balance": int(after_dedup.get(c, 0) - (frame["category"] == c).sum()),
             "leakage_groups_multi": int(pd.Series(groups[frame["category"].to_numpy() == c]).value_counts().gt(1).sum()),
         }
         for c in CATEGORIES
+    }
+    # Quarantined rows often have no trustworthy category: counted for the corpus as a whole.
+    report["corpus"] = {
+        "stored": len(raw_trajectories),
+        "quarantined": len(quarantine),
+        "quarantined_by_reason": {str(k): int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()},
+        "gated": len(quality_gated),
+        "dedup_removed": len(quality_gated) - len(categorized),
+        "unlabeled_assigned_by_classifier": int((categorized["category_source"] == "classifier").sum()),
     }
     classifier = None
     classifier_path = qeforge_home() / "models" / "category_classifier" / "classifier.json"

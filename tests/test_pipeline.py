@@ -63,6 +63,12 @@ def test_curation_graph_materializes_with_passing_checks(demo_bank, qe_home):
     )
     manifest = json.loads(shown.stdout)
     assert manifest["version"] == out["version"] and manifest["splits"] == out["splits"]
+    corpus = manifest["report"]["corpus"]
+    assert corpus["quarantined"] == summary.quarantined_total and corpus["dedup_removed"] > 0
+    for category in CATEGORIES:
+        counts = manifest["report"][category]
+        assert counts["balanced"] == sum(out["splits"][category].values())
+        assert counts["after_dedup_and_categorization"] - counts["dropped_by_balance"] == counts["balanced"]
 
     # Training through Dagster: the tiny base, then one category partition, logged to MLflow.
     resources = {**defs.resources, "training": TrainingSettings(base_pretrain_steps=30)}
