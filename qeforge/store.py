@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import lancedb
-import pyarrow as pa
-
 from qeforge.schema import QUARANTINE_SCHEMA, TRAJECTORY_SCHEMA
 
 TRAJECTORIES = "trajectories"
@@ -30,6 +28,3 @@ def trajectories(db):
 def quarantine(db):
     return open_table(db, QUARANTINE, QUARANTINE_SCHEMA)
 
-
-def read_columns(table, columns: list[str] | None = None) -> pa.Table:
-    return table.to_arrow() if columns is None else table.to_arrow().select(columns)
