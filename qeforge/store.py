@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lancedb
+import pyarrow as pa
 from qeforge.schema import QUARANTINE_SCHEMA, TRAJECTORY_SCHEMA
 
 TRAJECTORIES = "trajectories"
