@@ -238,12 +238,16 @@ def curated_datasets(
         classifier = CategoryClassifier.load(classifier_path)
     version, path, written = write_version(records, dataset_store.path(), report=report, classifier=classifier)
     context.log.info(f"dataset version {version} at {path} ({'written' if written else 'unchanged, reused'})")
+    train = frame[frame["split"] == "train"]
+    store.write_known_good(lancedb.connect(), train["id"], train["category"], train["quality"],
+                           np.stack(train["vector"].to_numpy()), version)
     return dg.Output(
         {"version": version, "path": str(path), "splits": splits},
         metadata={
             "dataset_version": version,
             "path": dg.MetadataValue.path(str(path)),
             "written": written,
+            "known_good_rows": len(train),
             "splits": md_records([{"category": c, **s} for c, s in splits.items()]),
             "dagster/row_count": len(frame),
             **{f"train_rows/{c}": s["train"] for c, s in splits.items()},

@@ -30,5 +30,14 @@ def md_histogram(values, bins: int = 10, lo: float = 0.0, hi: float = 1.0, width
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def md_image(path, alt: str = "plot") -> dg.MetadataValue:
+    """A PNG inlined as a data URI, so the Dagster UI shows the plot itself rather than a path."""
+    import base64
+    from pathlib import Path
+
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+
+
 def counts(series) -> dict[str, int]:
     return {str(k): int(v) for k, v in series.value_counts(dropna=False).sort_index().items()}

@@ -2,22 +2,23 @@
 
 import dagster as dg
 
-from assets import curation, training
+from assets import curation, evaluation, registry, training
 from assets.curation_checks import CURATION_CHECKS
 from pipelines.io import ParquetIOManager
-from pipelines.jobs import adapters_job, curation_job
+from pipelines.jobs import adapters_job, curation_job, evaluation_job, registry_job, routing_job
 from pipelines.resources import (
     CurationSettings,
     DatasetStoreResource,
+    EvaluationSettings,
     LanceDBResource,
     MLflowResource,
     TrainingSettings,
 )
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([curation, training]),
-    asset_checks=CURATION_CHECKS,
-    jobs=[curation_job, adapters_job],
+    assets=dg.load_assets_from_modules([curation, training, evaluation, registry]),
+    asset_checks=[*CURATION_CHECKS, registry.champion_gate],
+    jobs=[curation_job, adapters_job, evaluation_job, registry_job, routing_job],
     resources={
         "io_manager": ParquetIOManager(),
         "lancedb": LanceDBResource(),
@@ -25,5 +26,6 @@ defs = dg.Definitions(
         "dataset_store": DatasetStoreResource(),
         "curation": CurationSettings(),
         "training": TrainingSettings(),
+        "evaluation": EvaluationSettings(),
     },
 )

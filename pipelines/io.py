@@ -15,12 +15,14 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     base_dir: str = ""
 
-    def _path(self, context, suffix: str) -> Path:
+    def _path(self, context, suffix: str, partition: str | None = None) -> Path:
         # InputContext and OutputContext both expose the asset key and partition of the stored value.
         base = project_path(self.base_dir) if self.base_dir else qeforge_home() / "assets"
         parts = list(context.asset_key.path)
-        if context.has_asset_partitions:
-            parts.append(context.asset_partition_key)
+        if partition is None and context.has_asset_partitions:
+            partition = context.asset_partition_key
+        if partition is not None:
+            parts.append(partition)
         return base.joinpath(*parts).with_suffix(suffix)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
@@ -38,10 +40,16 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             raise TypeError(f"ParquetIOManager stores DataFrames and dicts, got {type(obj).__name__}")
 
     def load_input(self, context: dg.InputContext):
-        parquet = self._path(context, ".parquet")
+        # An unpartitioned asset reading a partitioned one gets {partition: value} for every partition.
+        if context.has_asset_partitions and not context.has_partition_key:
+            return {key: self._load(context, key) for key in context.asset_partition_keys}
+        return self._load(context, None)
+
+    def _load(self, context: dg.InputContext, partition: str | None):
+        parquet = self._path(context, ".parquet", partition)
         if parquet.exists():
             return pd.read_parquet(parquet)
-        as_json = self._path(context, ".json")
+        as_json = self._path(context, ".json", partition)
         if as_json.exists():
             return json.loads(as_json.read_text())
         raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized ({parquet} missing)")

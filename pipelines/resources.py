@@ -11,7 +11,7 @@ from qeforge import store
 from qeforge.categories import DEFAULT_MIX
 from qeforge.curation.gate import GateThresholds
 from qeforge.embedding import EMBEDDING_MODEL
-from qeforge.locations import default_locations, is_uri, project_path
+from qeforge.locations import default_locations, is_uri, project_path, qeforge_home
 
 
 class LanceDBResource(dg.ConfigurableResource):
@@ -101,3 +101,23 @@ class TrainingSettings(dg.ConfigurableResource):
 
     def models_dir(self) -> Path:
         return project_path(default_locations().models_dir)
+
+
+class EvaluationSettings(dg.ConfigurableResource):
+    """Evaluation and routing: prices for the cost model, batch sizes, the bootstrap seed."""
+
+    claude_input_per_mtok: float = Field(default=3.0, description="USD per million input tokens (Claude Sonnet list price)")
+    claude_output_per_mtok: float = Field(default=15.0, description="USD per million output tokens (Claude Sonnet list price)")
+    local_per_hour: float = Field(default=0.0, description="USD per hour for the local serving machine")
+    local_requests_per_hour: float = Field(default=3600.0, description="local throughput, to spread the hourly cost")
+    generation_batch_size: int = 8
+    sandbox_workers: int = Field(default=0, description="parallel sandboxed test runs; 0: one per CPU core")
+    seed: int = 0
+
+    def prices(self):
+        from qeforge.evaluation.routing import Prices
+
+        return Prices(self.claude_input_per_mtok, self.claude_output_per_mtok, self.local_per_hour, self.local_requests_per_hour)
+
+    def evals_dir(self) -> Path:
+        return qeforge_home() / "evals"

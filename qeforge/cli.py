@@ -1,4 +1,4 @@
-"""`qeforge` command line: import, demo data, info, datasets, and the main job."""
+"""`qeforge` command line: import, demo data, info, datasets, the main job, and the serving shim."""
 
 from __future__ import annotations
 
@@ -128,10 +128,57 @@ def cmd_adapters_list(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from qeforge.evaluation.report import build_report, format_report
+
+    try:
+        report = build_report(qeforge_home() / "evals")
+    except FileNotFoundError as e:
+        print(f"no evaluation yet: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
+    return 0
+
+
 def cmd_run(args) -> int:
     from qeforge.main_job import run_main_job
 
     return run_main_job(demo_rows=args.demo_rows, seed=args.seed, skip_demo=args.skip_demo)
+
+
+def _serve_source(args):
+    """--adapter dirs, else the latest local adapters (with --base/--policy overrides), else default_source()."""
+    from qeforge.serving.source import (DirectorySource, LatestLocalSource, current_policy, default_source,
+                                        read_policy, recorded_base_model)
+
+    policy = read_policy(args.policy) if args.policy else None
+    if args.adapter:
+        adapters = {}
+        for spec in args.adapter:
+            category, sep, path = spec.partition("=")
+            if not sep or not path:
+                raise ValueError(f"--adapter expects CATEGORY=PATH, got {spec!r}")
+            adapters[category] = path
+        base = args.base or recorded_base_model(next(iter(adapters.values())))
+        if base is None:
+            raise ValueError("no base model recorded with the adapters: pass --base")
+        return DirectorySource(base, adapters, policy or current_policy())
+    if args.base or policy:
+        return LatestLocalSource(base_model=args.base, policy=policy)
+    return default_source()
+
+
+def cmd_serve(args) -> int:
+    from qeforge.serving.app import Settings, serve
+
+    try:
+        settings = Settings(host=args.host, port=args.port, api_key=args.api_key or None, backend=args.backend,
+                            source=_serve_source(args))
+        serve(settings)
+    except (FileNotFoundError, ValueError) as err:  # nothing to serve yet, bad adapter dir or policy
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,11 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_adapters_list)
 
+    p = sub.add_parser("report", help="latest evaluation and routing policy per category")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("run", help="the main job: demo data -> every asset of the graph, recorded in DAGSTER_HOME")
     p.add_argument("--demo-rows", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-demo", action="store_true", help="use the trajectories already in LanceDB")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible shim routing between the resident adapters and Claude")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("QEFORGE_API_KEY"),
+                   help="require 'Authorization: Bearer <key>' (default $QEFORGE_API_KEY)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--base", help="base model path (default: the one the adapters record)")
+    p.add_argument("--adapter", action="append", metavar="CATEGORY=PATH",
+                   help="serve this adapter dir (repeatable; default: the latest adapter per category)")
+    p.add_argument("--policy", help="routing policy JSON or routing_policies dir (default: the current one, if any)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -55,6 +55,41 @@ def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = Fals
         if not run.success:
             return 1
         checks += run.get_asset_check_evaluations()
+        started = time.time()
+        run = defs.resolve_job_def("evaluation").execute_in_process(
+            instance=instance, partition_key=category, raise_on_error=False
+        )
+        if run.success:
+            s = run.output_for_node("adapter_evaluation")["summary"]
+            p = run.output_for_node("routing_policy")["policy"]
+            print(
+                f"evaluation {category}: ok ({time.time() - started:.0f}s, adapter {s['adapter_score']['value']:.3f} "
+                f"base {s['base_score']['value']:.3f} claude {s['claude_score']['value']:.3f}, quality ratio "
+                f"{s['quality_ratio']['value']:.2f} [{s['quality_ratio']['ci_low']:.2f}, {s['quality_ratio']['ci_high']:.2f}]; "
+                f"routing {p['signal']} >= {p['threshold']}: local {p['expected_local_share']:.0%}, "
+                f"ratio {p['expected_quality_ratio']:.2f})"
+            )
+        else:
+            print(f"evaluation {category}: FAILED ({time.time() - started:.0f}s, run {run.run_id})")
+            return 1
+        checks += run.get_asset_check_evaluations()
+        run = defs.resolve_job_def("registry").execute_in_process(
+            instance=instance, partition_key=category, raise_on_error=False
+        )
+        registered = run.output_for_node("registered_adapter") if run.success else None
+        gate = next((c for c in run.get_asset_check_evaluations() if c.check_name == "champion_gate"), None)
+        if registered is None:
+            print(f"registry {category}: FAILED (run {run.run_id})")
+            return 1
+        print(
+            f"registry {category}: {registered['name']} v{registered['version']} candidate; "
+            + ("promoted to champion" if gate and gate.passed else f"NOT promoted ({gate.description if gate else 'gate did not run'})")
+        )
+    run = defs.resolve_job_def("routing").execute_in_process(instance=instance, raise_on_error=False)
+    if not run.success:
+        print(f"routing policy: FAILED (run {run.run_id})")
+        return 1
+    print(f"routing policy: {run.output_for_node('routing_policies')['path']}")
     for check in checks:
         print(f"  check {check.asset_key.to_user_string()}:{check.check_name} {'passed' if check.passed else 'FAILED'}")
     return 0 if all(c.passed for c in checks) else 1

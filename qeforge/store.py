@@ -1,4 +1,5 @@
-"""LanceDB tables of the ReasoningBank: `trajectories`, `quarantine`, `embeddings`."""
+"""LanceDB tables of the ReasoningBank: `trajectories`, `quarantine`, `embeddings`, and
+`known_good` (the current dataset version's training rows, which the router's similarity signal searches)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from qeforge.schema import QUARANTINE_SCHEMA, TRAJECTORY_SCHEMA
 TRAJECTORIES = "trajectories"
 QUARANTINE = "quarantine"
 EMBEDDINGS = "embeddings"
+KNOWN_GOOD = "known_good"
 
 
 def connect(uri: str, storage_options: dict | None = None) -> lancedb.DBConnection:
@@ -29,3 +31,47 @@ def trajectories(db):
 def quarantine(db):
     return open_table(db, QUARANTINE, QUARANTINE_SCHEMA)
 
+
+
+def write_known_good(db, ids, categories, qualities, vectors, dataset_version: str):
+    """Replace `known_good` with one dataset version's training rows (what the adapters learned from)."""
+    import numpy as np
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    table = pa.table(
+        {
+            "id": pa.array(list(ids), pa.string()),
+            "category": pa.array(list(categories), pa.string()),
+            "quality": pa.array(list(qualities), pa.float32()),
+            "dataset_version": pa.array([dataset_version] * len(vectors), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+        }
+    )
+    return db.create_table(KNOWN_GOOD, data=table, mode="overwrite")
+
+
+def nearest_known_good(db, category: str, vectors) -> "np.ndarray":
+    """Cosine similarity of each (unit) vector to its nearest known-good trajectory of `category`; -1 if none."""
+    import numpy as np
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    out = np.full(len(vectors), -1.0, dtype=np.float32)
+    if not len(vectors) or KNOWN_GOOD not in db.table_names():
+        return out
+    if "'" in category:
+        raise ValueError(f"invalid category {category!r}")
+    hits = (
+        db.open_table(KNOWN_GOOD)
+        .search(list(vectors))
+        .metric("cosine")
+        .where(f"category = '{category}'", prefilter=True)
+        .limit(1)
+        .select(["id", "_distance"])
+        .to_pandas()
+    )
+    if hits.empty:
+        return out
+    # A one-vector search has no query_index column. Cosine distance = 1 - cosine similarity.
+    index = hits["query_index"].to_numpy() if "query_index" in hits else np.zeros(len(hits), dtype=int)
+    out[index] = 1.0 - hits["_distance"].to_numpy()
+    return out

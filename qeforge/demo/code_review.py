@@ -190,7 +190,8 @@ def make_example(spec_seed: int, style_seed: int) -> Example:
     partial = f"{comment[0].upper()}{comment[1:]}"  # right problem, no line reference
     return Example(
         task=task,
-        metadata={"issue_type": template.issue_type, "issue_lines": issue_lines, "path": path},
+        # The accepted review comment for the planted issue: the reference code-review eval scores against.
+        metadata={"issue_type": template.issue_type, "issue_lines": issue_lines, "path": path, "reference_comment": f"Line {where}: {comment}"},
         outputs={
             "success": success,
             "partial": partial,

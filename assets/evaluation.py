@@ -1,0 +1,213 @@
+"""Evaluation stage: each adapter against Claude on its category's eval spec, then the routing policy."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import md_image, md_records
+from pipelines.partitions import category_partitions
+from pipelines.resources import EvaluationSettings, LanceDBResource, MLflowResource
+from qeforge.categories import CATEGORIES, DEFAULT_MIX
+
+GROUP = "evaluation"
+# The plan's bars: the whole fleet at >= 95% of Claude, code review at >= 90%.
+OVERALL_TARGET = 0.95
+
+
+def _eval_dir(evaluation: EvaluationSettings, category: str, dataset_version: str) -> Path:
+    return evaluation.evals_dir() / category / dataset_version
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+    partitions_def=category_partitions,
+    op_tags={"qeforge/stage": "evaluation"},
+    check_specs=[
+        dg.AssetCheckSpec("adapter_beats_base", asset="adapter_evaluation",
+                          description="The adapter's mean primary-metric score on the eval split is above its base model's"),
+        dg.AssetCheckSpec("evaluated_on_test_split_only", asset="adapter_evaluation",
+                          description="Reported scores come from the eval split only, and no eval example is in train or validation"),
+        dg.AssetCheckSpec("sandbox_contained", asset="adapter_evaluation",
+                          description="Every generated test ran in the sandbox and nothing escaped (timeouts and crashes are counted, not fatal)"),
+    ],
+)
+def adapter_evaluation(
+    context: dg.AssetExecutionContext,
+    lora_adapter: dict,
+    base_model: dict,
+    curated_datasets: dict,
+    evaluation: EvaluationSettings,
+    lancedb: LanceDBResource,
+    mlflow: MLflowResource,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Adapter, base and Claude scored by the category's eval spec (evals/tasks/<category>.yaml), with CIs."""
+    from qeforge.evaluation.run import evaluate_category, load_examples, summarize
+    from qeforge.evaluation.spec import load_spec
+    from qeforge.evaluation.tracking import log_to_run, numeric_items, plot_scores
+
+    category = context.partition_key
+    spec = load_spec(category)
+    dataset_dir = Path(curated_datasets["path"]) / category
+    out_dir = _eval_dir(evaluation, category, curated_datasets["version"])
+    frame = evaluate_category(
+        spec, dataset_dir, base_model["name_or_path"], Path(lora_adapter["adapter_dir"]), lancedb.connect(),
+        batch_size=evaluation.generation_batch_size, workers=evaluation.sandbox_workers or None, log=context.log.info,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    examples_path = out_dir / "examples.parquet"
+    frame.to_parquet(examples_path, index=False)
+    summary = summarize(spec, frame, seed=evaluation.seed)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot = plot_scores(summary, out_dir / "scores.png")
+    log_to_run(mlflow.resolved_tracking_uri(), lora_adapter["mlflow_run_id"],
+               metrics=numeric_items("eval", {k: v for k, v in summary.items() if k != "score_range"}),
+               artifacts=[plot], artifact_path="eval", dicts={"summary.json": summary},
+               table=frame.drop(columns=[c for c in frame if c.endswith("_output") and c != "adapter_output"]))
+
+    ratio = summary["quality_ratio"]
+    yield dg.Output(
+        {"category": category, "dataset_version": curated_datasets["version"], "examples_path": str(examples_path),
+         "adapter_dir": lora_adapter["adapter_dir"], "mlflow_run_id": lora_adapter["mlflow_run_id"], "summary": summary},
+        metadata={
+            "eval_spec": f"{spec.name} ({spec.digest})",
+            "n_eval": summary["n_eval"],
+            "n_paired_with_claude": summary["n_paired"],
+            "adapter_score": summary["adapter_score"]["value"],
+            "base_score": summary["base_score"]["value"],
+            "claude_score": summary["claude_score"]["value"],
+            "quality_ratio": ratio["value"],
+            "quality_ratio_ci_low": ratio["ci_low"],
+            "quality_ratio_ci_high": ratio["ci_high"],
+            "target_ratio": spec.target_ratio,
+            "meets_target": summary["meets_target"],
+            "adapter_gain_over_base": summary["adapter_gain_over_base"],
+            "scores": md_records([{"metric": col, **{w: round(v, 3) for w, v in by.items()}} for col, by in summary["detail"].items()]),
+            "scores_plot": md_image(plot, "scores with 95% CI"),
+            "examples_path": dg.MetadataValue.path(str(examples_path)),
+            "mlflow_run_id": lora_adapter["mlflow_run_id"],
+        },
+    )
+
+    evaluated = frame[frame["split"] == spec.eval_split]
+    gain = summary["adapter_gain_over_base"]
+    yield dg.AssetCheckResult(
+        check_name="adapter_beats_base",
+        passed=bool(gain is not None and gain > 0),
+        metadata={"adapter_score": summary["adapter_score"]["value"], "base_score": summary["base_score"]["value"],
+                  "gain": gain if gain is not None else float("nan")},
+    )
+    other_ids = {e["id"] for split in ("train", spec.tune_split) if split != spec.eval_split
+                 for e in load_examples(dataset_dir, split)}
+    eval_ids = {e["id"] for e in load_examples(dataset_dir, spec.eval_split)}
+    leaked = len(set(evaluated["id"]) & other_ids)
+    yield dg.AssetCheckResult(
+        check_name="evaluated_on_test_split_only",
+        passed=leaked == 0 and set(evaluated["id"]) == eval_ids and summary["eval_split"] == "test",
+        metadata={"eval_split": spec.eval_split, "eval_examples": len(evaluated), "in_train_or_validation": leaked},
+    )
+    yield _sandbox_check(frame)
+
+
+def _sandbox_check(frame: pd.DataFrame) -> dg.AssetCheckResult:
+    who = [w for w in ("adapter", "base", "claude") if f"{w}_sandbox_ran" in frame]
+    if not who:
+        return dg.AssetCheckResult(check_name="sandbox_contained", passed=True,
+                                   metadata={"sandboxed_runs": 0, "note": "this category runs no generated code"})
+    rows = pd.concat([frame[[f"{w}_syntax_valid", f"{w}_sandbox_ran", f"{w}_escaped", f"{w}_sandbox_status"]]
+                      .set_axis(["syntax_valid", "ran", "escaped", "status"], axis=1) for w in who]).dropna()
+    runnable = rows[rows["syntax_valid"].astype(bool)]
+    statuses = runnable["status"].value_counts()
+    return dg.AssetCheckResult(
+        check_name="sandbox_contained",
+        passed=bool(runnable["ran"].astype(bool).all() and not runnable["escaped"].astype(bool).any()),
+        metadata={
+            "runnable_suites": len(runnable),
+            "sandboxed_runs": int(runnable["ran"].astype(bool).sum()),
+            "escapes": int(runnable["escaped"].astype(bool).sum()),
+            "timeouts": int(statuses.get("timeout", 0)),
+            "crashes": int(statuses.get("crash", 0)),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, partitions_def=category_partitions)
+def routing_policy(adapter_evaluation: dict, evaluation: EvaluationSettings, mlflow: MLflowResource) -> dg.Output[dict]:
+    """This category's threshold: chosen on validation at the target quality, confirmed on test."""
+    from qeforge.evaluation.run import policy_entry, tune_routing
+    from qeforge.evaluation.spec import load_spec
+    from qeforge.evaluation.tracking import log_to_run, numeric_items
+
+    category = adapter_evaluation["category"]
+    spec = load_spec(category)
+    frame = pd.read_parquet(adapter_evaluation["examples_path"])
+    out_dir = _eval_dir(evaluation, category, adapter_evaluation["dataset_version"]) / "routing"
+    result = tune_routing(spec, frame, evaluation.prices(), out_dir, seed=evaluation.seed)
+    (out_dir / "routing.json").write_text(json.dumps(result, indent=2))
+    entry = policy_entry(spec, result, adapter_evaluation["summary"], adapter_dir=adapter_evaluation["adapter_dir"],
+                         dataset_version=adapter_evaluation["dataset_version"])
+    plots = [Path(p) for p in result["plots"].values()]
+    log_to_run(mlflow.resolved_tracking_uri(), adapter_evaluation["mlflow_run_id"],
+               metrics=numeric_items("routing", {k: v for k, v in result.items() if k not in ("plots", "threshold")}),
+               artifacts=[*plots, Path(result["sweep_csv"])], artifact_path="routing",
+               dicts={"policy.json": entry, "routing.json": result})
+    confirmed = result["confirmed"]
+    return dg.Output(
+        {"category": category, "policy": entry, "routing": result},
+        metadata={
+            "signal": result["signal"],
+            **{f"auroc/{s}": (v if v is not None else float("nan")) for s, v in result["signal_auroc"].items()},
+            "threshold": str(result["threshold"]),
+            "local_share": confirmed["local_share"],
+            "quality_ratio": confirmed["quality_ratio"],
+            "quality_ratio_ci_low": confirmed["quality_ratio_low"],
+            "quality_ratio_ci_high": confirmed["quality_ratio_high"],
+            "savings_per_1k_usd": confirmed["savings_per_1k"],
+            "cpt_50": result["cpt"]["50"], "cpt_80": result["cpt"]["80"], "cpt_95": result["cpt"]["95"],
+            "apgr": result["apgr"] if result["apgr"] is not None else float("nan"),
+            "quality_cost_plot": md_image(result["plots"]["quality_cost"], "quality vs cost"),
+            "pgr_plot": md_image(result["plots"]["pgr"], "PGR curve"),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"json"})
+def routing_policies(
+    context: dg.AssetExecutionContext, routing_policy: dict, adapter_evaluation: dict, evaluation: EvaluationSettings
+) -> dg.Output[dict]:
+    """The versioned routing policy for all categories: what the registry and the serving shim read."""
+    from qeforge.evaluation.policy import write_policy
+    from qeforge.evaluation.run import overall_ratio
+    from qeforge.evaluation.spec import load_spec
+
+    missing = [c for c in CATEGORIES if c not in routing_policy]
+    if missing:
+        raise dg.Failure(f"no routing policy for {missing}: materialize routing_policy for every category first")
+    frames = {c: pd.read_parquet(adapter_evaluation[c]["examples_path"]) for c in CATEGORIES}
+    overall = overall_ratio(frames, {c: load_spec(c).eval_split for c in CATEGORIES}, DEFAULT_MIX, seed=evaluation.seed)
+    overall["target"] = OVERALL_TARGET
+    overall["meets_target"] = bool(overall["value"] is not None and overall["value"] >= OVERALL_TARGET)
+    policy, path = write_policy(
+        {c: routing_policy[c]["policy"] for c in CATEGORIES}, overall, evaluation.evals_dir() / "routing_policies"
+    )
+    context.log.info(f"routing policy {policy['version']} at {path}")
+    rows = [{"category": c, "signal": p["signal"], "threshold": p["threshold"],
+             "local_share": round(p["expected_local_share"], 3), "quality_ratio": round(p["expected_quality_ratio"], 3),
+             "adapter_ratio": round(p["adapter_quality_ratio"], 3) if p["adapter_quality_ratio"] is not None else None,
+             "target": p["target_ratio"], "savings_per_1k_usd": round(p["expected_savings_per_1k"], 3)}
+            for c, p in policy["categories"].items()]
+    return dg.Output(
+        {"version": policy["version"], "path": str(path)},
+        metadata={
+            "version": policy["version"],
+            "path": dg.MetadataValue.path(str(path)),
+            "overall_adapter_quality_ratio": overall["value"] if overall["value"] is not None else float("nan"),
+            "overall_ci_low": overall["ci_low"] if overall["ci_low"] is not None else float("nan"),
+            "overall_ci_high": overall["ci_high"] if overall["ci_high"] is not None else float("nan"),
+            "overall_meets_95pct_target": overall["meets_target"],
+            "policy": md_records(rows),
+        },
+    )

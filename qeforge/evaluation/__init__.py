@@ -1,0 +1,1 @@
+"""Quality-vs-Claude evaluation: scorers, sandbox, routing."""

@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible shim, routing, ONNX Runtime path."""
