@@ -9,7 +9,7 @@ import pandas as pd
 
 from assets.metadata import md_image, md_records
 from pipelines.partitions import category_partitions
-from pipelines.resources import EvaluationSettings, LanceDBResource, MLflowResource
+from pipelines.resources import mlflow_retries, EvaluationSettings, LanceDBResource, MLflowResource
 from qeforge.categories import CATEGORIES, DEFAULT_MIX
 
 GROUP = "evaluation"
@@ -63,10 +63,11 @@ def adapter_evaluation(
     summary = summarize(spec, frame, seed=evaluation.seed)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_scores(summary, out_dir / "scores.png")
-    log_to_run(mlflow.resolved_tracking_uri(), lora_adapter["mlflow_run_id"],
-               metrics=numeric_items("eval", {k: v for k, v in summary.items() if k != "score_range"}),
-               artifacts=[plot], artifact_path="eval", dicts={"summary.json": summary},
-               table=frame.drop(columns=[c for c in frame if c.endswith("_output") and c != "adapter_output"]))
+    with mlflow_retries():
+        log_to_run(mlflow.resolved_tracking_uri(), lora_adapter["mlflow_run_id"],
+                   metrics=numeric_items("eval", {k: v for k, v in summary.items() if k != "score_range"}),
+                   artifacts=[plot], artifact_path="eval", dicts={"summary.json": summary},
+                   table=frame.drop(columns=[c for c in frame if c.endswith("_output") and c != "adapter_output"]))
 
     ratio = summary["quality_ratio"]
     yield dg.Output(
@@ -150,10 +151,11 @@ def routing_policy(adapter_evaluation: dict, evaluation: EvaluationSettings, mlf
     entry = policy_entry(spec, result, adapter_evaluation["summary"], adapter_dir=adapter_evaluation["adapter_dir"],
                          dataset_version=adapter_evaluation["dataset_version"])
     plots = [Path(p) for p in result["plots"].values()]
-    log_to_run(mlflow.resolved_tracking_uri(), adapter_evaluation["mlflow_run_id"],
-               metrics=numeric_items("routing", {k: v for k, v in result.items() if k not in ("plots", "threshold")}),
-               artifacts=[*plots, Path(result["sweep_csv"])], artifact_path="routing",
-               dicts={"policy.json": entry, "routing.json": result})
+    with mlflow_retries():
+        log_to_run(mlflow.resolved_tracking_uri(), adapter_evaluation["mlflow_run_id"],
+                   metrics=numeric_items("routing", {k: v for k, v in result.items() if k not in ("plots", "threshold")}),
+                   artifacts=[*plots, Path(result["sweep_csv"])], artifact_path="routing",
+                   dicts={"policy.json": entry, "routing.json": result})
     confirmed = result["confirmed"]
     return dg.Output(
         {"category": category, "policy": entry, "routing": result},

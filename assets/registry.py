@@ -2,18 +2,28 @@
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
 from pipelines.partitions import category_partitions
-from pipelines.resources import MLflowResource
+from pipelines.resources import mlflow_retries, MLflowResource
 from qeforge.categories import registered_model_name
 
 GROUP = "registry"
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, partitions_def=category_partitions)
+@dg.asset(
+    group_name=GROUP,
+    kinds={"mlflow"},
+    partitions_def=category_partitions,
+    check_specs=[
+        # Blocking: when it fails, champion_adapter does not run, so `champion` stays where it was.
+        dg.AssetCheckSpec("champion_gate", asset="registered_adapter", blocking=True,
+                          description="Candidate beats its base, loads and answers, and is not credibly worse than the champion"),
+    ],
+)
 def registered_adapter(
     context: dg.AssetExecutionContext,
     lora_adapter: dict,
@@ -21,7 +31,7 @@ def registered_adapter(
     routing_policy: dict,
     curated_datasets: dict,
     mlflow: MLflowResource,
-) -> dg.Output[dict]:
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """A new version of qeforge-<category> with lineage, results and a model card; alias `candidate`."""
     from qeforge.model_card import build_card
     from qeforge.registry import client_for, file_sha256, register_candidate
@@ -58,10 +68,11 @@ def registered_adapter(
     }
     card = build_card(category, training=training, summary=summary, routing=routing, policy=policy,
                       dataset=curated_datasets, tags=tags)
-    client = client_for(mlflow.resolved_tracking_uri())
-    version = register_candidate(client, category, run_id=lora_adapter["mlflow_run_id"], tags=tags, card=card)
+    with mlflow_retries():
+        version = register_candidate(client_for(mlflow.resolved_tracking_uri()), category,
+                                     run_id=lora_adapter["mlflow_run_id"], tags=tags, card=card)
     context.log.info(f"registered {registered_model_name(category)} v{version} as candidate")
-    return dg.Output(
+    yield dg.Output(
         {"category": category, "name": registered_model_name(category), "version": version, "tags": tags},
         metadata={
             "registered_model": registered_model_name(category),
@@ -73,6 +84,7 @@ def registered_adapter(
             "model_card": dg.MetadataValue.md(card),
         },
     )
+    yield _champion_gate(context, category, version, tags, mlflow)
 
 
 def _smoke_answer(base_model: str, adapter_dir: str, prompt: list[dict]) -> str:
@@ -82,14 +94,10 @@ def _smoke_answer(base_model: str, adapter_dir: str, prompt: list[dict]) -> str:
     return generate(model, tokenizer, [prompt], max_new_tokens=32)[0].text
 
 
-@dg.asset_check(asset=registered_adapter, blocking=True,
-                description="Candidate beats its base, loads and answers, and is not credibly worse than the champion")
-def champion_gate(context: dg.AssetCheckExecutionContext, registered_adapter: dict, mlflow: MLflowResource) -> dg.AssetCheckResult:
+def _champion_gate(context, category: str, version: str, tags: dict, mlflow: MLflowResource) -> dg.AssetCheckResult:
     from qeforge.categories import SYSTEM_PROMPTS
     from qeforge.registry import CHAMPION, client_for, promotion_gate, version_by_alias
 
-    tags = registered_adapter["tags"]
-    category = registered_adapter["category"]
     prompt = [{"role": "system", "content": SYSTEM_PROMPTS[category]}, {"role": "user", "content": "Smoke test: reply briefly."}]
     try:
         answer = _smoke_answer(tags["base_model"], tags["adapter_dir"], prompt)
@@ -97,15 +105,16 @@ def champion_gate(context: dg.AssetCheckExecutionContext, registered_adapter: di
     except Exception as e:  # noqa: BLE001 - any load/generate failure fails the gate, with its reason
         context.log.error(f"smoke prompt failed: {type(e).__name__}: {e}")
         answer, smoke_ok = "", False
-    client = client_for(mlflow.resolved_tracking_uri())
-    champion = version_by_alias(client, category, CHAMPION)
+    with mlflow_retries():
+        champion = version_by_alias(client_for(mlflow.resolved_tracking_uri()), category, CHAMPION)
     champion_tags = {**champion.tags, "version": champion.version} if champion else None
     gate = promotion_gate(tags, champion_tags, smoke_ok=smoke_ok)
     return dg.AssetCheckResult(
+        check_name="champion_gate",
         passed=gate.passed,
         description="; ".join(gate.reasons) or "all gates passed",
         metadata={
-            "candidate_version": int(registered_adapter["version"]),
+            "candidate_version": int(version),
             "champion_version": int(champion.version) if champion else 0,
             "candidate_quality_ratio": float(tags["quality_ratio"]),
             "candidate_ci_high": float(tags["quality_ratio_ci_high"]),
@@ -122,8 +131,9 @@ def champion_adapter(context: dg.AssetExecutionContext, registered_adapter: dict
     from qeforge.registry import client_for, promote
 
     category, version = registered_adapter["category"], registered_adapter["version"]
-    previous = promote(client_for(mlflow.resolved_tracking_uri()), category, version, actor="dagster",
-                       reason=f"champion_gate passed (run {context.run_id})")
+    with mlflow_retries():
+        previous = promote(client_for(mlflow.resolved_tracking_uri()), category, version, actor="dagster",
+                           reason=f"champion_gate passed (run {context.run_id})")
     context.log.info(f"{registered_adapter['name']}: champion v{version} (was {previous or 'none'})")
     return dg.Output(
         {"category": category, "name": registered_adapter["name"], "version": version, "previous": previous},

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from assets.metadata import md_records
 from pipelines.partitions import category_partitions
-from pipelines.resources import MLflowResource, TrainingSettings
+from pipelines.resources import mlflow_retries, MLflowResource, TrainingSettings
 from qeforge.categories import CATEGORIES
 
 GROUP = "training"
@@ -28,7 +28,8 @@ def base_model(context: dg.AssetExecutionContext, training: TrainingSettings, cu
     out = Path(training.base_model) if training.base_model else training.models_dir() / "base" / "tiny-phi3"
     started = time.time()
     context.log.info(f"building the tiny Phi-3 base on {len(texts)} conversations ({training.base_pretrain_steps} steps)")
-    path = build_tiny_base(texts, out, steps=training.base_pretrain_steps)
+    path = build_tiny_base(texts, out, steps=training.base_pretrain_steps,
+                           progress=lambda step, steps, loss: context.log.info(f"pretraining step {step}/{steps}, loss {loss:.3f}"))
     info = json.loads((path / "build_info.json").read_text()) if (path / "build_info.json").exists() else {}
     config = json.loads((path / "config.json").read_text())
     return dg.Output(
@@ -44,6 +45,19 @@ def base_model(context: dg.AssetExecutionContext, training: TrainingSettings, cu
             **{k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         },
     )
+
+
+def _progress_callback(context: dg.AssetExecutionContext, category: str):
+    """Trainer progress in the Dagster run log: every logging step and every evaluation."""
+    from transformers import TrainerCallback
+
+    class DagsterProgress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and ("loss" in logs or "eval_loss" in logs):
+                shown = {k: round(v, 4) for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate")}
+                context.log.info(f"{category}: step {state.global_step}/{state.max_steps} {shown}")
+
+    return DagsterProgress()
 
 
 def _recipe(training: TrainingSettings, category: str, base: dict, dataset_dir: Path, output_dir: Path):
@@ -91,7 +105,7 @@ def lora_adapter(
     output_dir = training.models_dir() / "adapters" / category / curated_datasets["version"]
     script_args, sft_config, model_config = _recipe(training, category, base_model, dataset_dir, output_dir)
     context.log.info(f"training {category} on {dataset_dir} -> {output_dir}")
-    summary = sft_main(script_args, sft_config, model_config)
+    summary = sft_main(script_args, sft_config, model_config, callbacks=[_progress_callback(context, category)])
 
     run_file = output_dir / "mlflow_run.json"
     if summary.get("skipped") and run_file.exists():
@@ -100,17 +114,18 @@ def lora_adapter(
     else:
         plot = plot_loss_curves(summary, output_dir / "loss_curve.png")
         experiment = f"qeforge-{category}"
-        mlflow.experiment_id(experiment)  # creates it with the configured artifact location
-        run_id = log_training_run(
-            summary,
-            resolved_recipe(script_args, sft_config, model_config),
-            output_dir,
-            plot,
-            tracking_uri=mlflow.resolved_tracking_uri(),
-            experiment_name=experiment,
-            run_name=f"{category}-{curated_datasets['version']}",
-            tags={"category": category, "dataset_version": curated_datasets["version"], "profile": training.profile},
-        )
+        with mlflow_retries():
+            mlflow.experiment_id(experiment)  # creates it with the configured artifact location
+            run_id = log_training_run(
+                summary,
+                resolved_recipe(script_args, sft_config, model_config),
+                output_dir,
+                plot,
+                tracking_uri=mlflow.resolved_tracking_uri(),
+                experiment_name=experiment,
+                run_name=f"{category}-{curated_datasets['version']}",
+                tags={"category": category, "dataset_version": curated_datasets["version"], "profile": training.profile},
+            )
         run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": mlflow.resolved_tracking_uri()}))
 
     val_curve = summary.get("history", {}).get("eval", {})

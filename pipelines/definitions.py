@@ -4,8 +4,9 @@ import dagster as dg
 
 from assets import curation, evaluation, registry, training
 from assets.curation_checks import CURATION_CHECKS
+from pipelines.automation import SCHEDULES, SENSORS
 from pipelines.io import ParquetIOManager
-from pipelines.jobs import adapters_job, curation_job, evaluation_job, registry_job, routing_job
+from pipelines.jobs import category_job, curation_job, routing_job
 from pipelines.resources import (
     CurationSettings,
     DatasetStoreResource,
@@ -17,8 +18,10 @@ from pipelines.resources import (
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([curation, training, evaluation, registry]),
-    asset_checks=[*CURATION_CHECKS, registry.champion_gate],
-    jobs=[curation_job, adapters_job, evaluation_job, registry_job, routing_job],
+    asset_checks=CURATION_CHECKS,
+    jobs=[curation_job, category_job, routing_job],
+    schedules=SCHEDULES,
+    sensors=SENSORS,
     resources={
         "io_manager": ParquetIOManager(),
         "lancedb": LanceDBResource(),

@@ -41,7 +41,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext):
         # An unpartitioned asset reading a partitioned one gets {partition: value} for every partition.
-        if context.has_asset_partitions and not context.has_partition_key:
+        if context.has_asset_partitions and (not context.has_partition_key or len(context.asset_partition_keys) > 1):
             return {key: self._load(context, key) for key in context.asset_partition_keys}
         return self._load(context, None)
 

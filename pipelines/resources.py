@@ -1,6 +1,7 @@
 """Typed resources. Empty fields mean the embedded default under QEFORGE_HOME."""
 
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,27 @@ from qeforge.categories import DEFAULT_MIX
 from qeforge.curation.gate import GateThresholds
 from qeforge.embedding import EMBEDDING_MODEL
 from qeforge.locations import default_locations, is_uri, project_path, qeforge_home
+
+
+def transient_mlflow_error(error: BaseException) -> bool:
+    """A tracking server that is down or restarting, as opposed to a bad request or a bug."""
+    text = str(error)
+    return isinstance(error, ConnectionError) or any(
+        marker in text for marker in ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                                      "TEMPORARILY_UNAVAILABLE", "503 Server Error", "502 Server Error")
+    )
+
+
+@contextmanager
+def mlflow_retries(max_retries: int = 3, seconds_to_wait: float = 30):
+    """Retry the step when MLflow is unreachable (MLflow already retried each request with backoff);
+    anything else fails at once with its own message."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - classified, then re-raised or turned into a retry
+        if transient_mlflow_error(e):
+            raise dg.RetryRequested(max_retries=max_retries, seconds_to_wait=seconds_to_wait) from e
+        raise
 
 
 class LanceDBResource(dg.ConfigurableResource):

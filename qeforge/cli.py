@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from qeforge.categories import CATEGORIES
 from qeforge.locations import default_locations, qeforge_home
 
 
@@ -140,6 +141,44 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _registry_client():
+    from qeforge.registry import client_for
+
+    return client_for(default_locations().mlflow_tracking_uri)
+
+
+def cmd_promote(args) -> int:
+    from qeforge.registry import promote
+
+    previous = promote(_registry_client(), args.category, args.version, actor=args.actor, reason=args.reason)
+    print(f"qeforge-{args.category}: champion v{args.version} (was {previous or 'none'}); "
+          "running shims pick it up on POST /admin/reload")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from qeforge.registry import rollback
+
+    try:
+        restored = rollback(_registry_client(), args.category, actor=args.actor, reason=args.reason)
+    except LookupError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(f"qeforge-{args.category}: champion back to v{restored}")
+    return 0
+
+
+def cmd_export_vllm(args) -> int:
+    from qeforge.serving.vllm import vllm_lora_modules
+
+    spec = vllm_lora_modules(cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    if args.json:
+        print(json.dumps(spec, indent=2))
+    else:
+        print(spec["command"])
+    return 0
+
+
 def cmd_run(args) -> int:
     from qeforge.main_job import run_main_job
 
@@ -216,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="latest evaluation and routing policy per category")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    for name, func, text in (("promote", cmd_promote, "point `champion` at a registered version"),
+                             ("rollback", cmd_rollback, "move `champion` back to the version it replaced")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("category", choices=CATEGORIES)
+        if name == "promote":
+            p.add_argument("version")
+        p.add_argument("--reason", required=True, help="recorded on the version with who and when")
+        p.add_argument("--actor", default=None, help="default: the current user")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("export-vllm", help="vLLM --lora-modules for the current champions")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--cache-dir", help="where to download adapters from a remote registry")
+    p.set_defaults(func=cmd_export_vllm)
 
     p = sub.add_parser("run", help="the main job: demo data -> every asset of the graph, recorded in DAGSTER_HOME")
     p.add_argument("--demo-rows", type=int, default=3000)

@@ -56,7 +56,7 @@ def register_candidate(client, category: str, *, run_id: str, tags: dict[str, st
     version = client.create_model_version(name, source=f"runs:/{run_id}/adapter", run_id=run_id,
                                           tags={k: str(v) for k, v in tags.items()}, description=card)
     client.set_registered_model_alias(name, CANDIDATE, version.version)
-    return version.version
+    return str(version.version)  # MLflow hands versions back as int or str depending on the call
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,15 @@ def promote(client, category: str, version: str, *, actor: str | None = None, re
     """Point `champion` at `version`; returns the version it replaced (recorded on the new one)."""
     name = registered_model_name(category)
     client.get_model_version(name, version)  # a clear error for an unknown version
-    previous = version_by_alias(client, category, CHAMPION)
-    if previous is not None and previous.version == str(version):
-        return previous.version
+    found = version_by_alias(client, category, CHAMPION)
+    previous = str(found.version) if found is not None else None
+    if previous == str(version):
+        return previous
     if previous is not None:
-        client.set_model_version_tag(name, version, "previous_champion", previous.version)
+        client.set_model_version_tag(name, version, "previous_champion", previous)
     client.set_registered_model_alias(name, CHAMPION, version)
     _stamp(client, name, version, "promoted", actor, reason)
-    return previous.version if previous else None
+    return previous
 
 
 def rollback(client, category: str, *, actor: str | None = None, reason: str = "") -> str:
@@ -120,7 +121,7 @@ def rollback(client, category: str, *, actor: str | None = None, reason: str = "
     if not previous:
         raise LookupError(f"{name} v{current.version} replaced no earlier champion; nothing to roll back to")
     client.set_registered_model_alias(name, CHAMPION, previous)
-    _stamp(client, name, current.version, "rolled_back", actor, reason)
+    _stamp(client, name, str(current.version), "rolled_back", actor, reason)
     _stamp(client, name, previous, "restored", actor, reason)
     return previous
 

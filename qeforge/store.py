@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 from qeforge.schema import QUARANTINE_SCHEMA, TRAJECTORY_SCHEMA
 
@@ -35,8 +36,6 @@ def quarantine(db):
 
 def write_known_good(db, ids, categories, qualities, vectors, dataset_version: str):
     """Replace `known_good` with one dataset version's training rows (what the adapters learned from)."""
-    import numpy as np
-
     vectors = np.asarray(vectors, dtype=np.float32)
     table = pa.table(
         {
@@ -50,10 +49,8 @@ def write_known_good(db, ids, categories, qualities, vectors, dataset_version: s
     return db.create_table(KNOWN_GOOD, data=table, mode="overwrite")
 
 
-def nearest_known_good(db, category: str, vectors) -> "np.ndarray":
+def nearest_known_good(db, category: str, vectors) -> np.ndarray:
     """Cosine similarity of each (unit) vector to its nearest known-good trajectory of `category`; -1 if none."""
-    import numpy as np
-
     vectors = np.asarray(vectors, dtype=np.float32)
     out = np.full(len(vectors), -1.0, dtype=np.float32)
     if not len(vectors) or KNOWN_GOOD not in db.table_names():

@@ -97,8 +97,6 @@ def test_near_duplicates_straddling_a_split_stay_together():
 
 
 def test_splits_are_stratified_and_near_target_ratios():
-    rng = np.random.default_rng(3)
-    vectors = unit(rng.standard_normal((400, 32)))
     f = frame(400, category=["test-generation"] * 300 + ["flaky-detection"] * 100)
     split = assign_splits(f, np.arange(400), (0.7, 0.15, 0.15), seed=0)
     for category, n in (("test-generation", 300), ("flaky-detection", 100)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 BUILD_INFO = "build_info.json"
@@ -42,11 +42,13 @@ def build_tiny_base(
     batch_size: int = 16,
     learning_rate: float = 3e-3,
     force: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> Path:
     """Train tokenizer + Phi3ForCausalLM on `texts`, save both to out_dir, return out_dir.
 
     Deterministic for (texts, seed, sizes). Skips when out_dir already holds a build with the
-    same fingerprint (build_info.json), unless force. Default sizes: ~1.6M parameters
+    same fingerprint (build_info.json), unless force. `progress(step, steps, loss)` is called every
+    10% of the steps, so a Dagster run log or a CLI shows the build moving. Default sizes: ~1.6M parameters
     (embed+head 2*4096*128 = 1.05M, each layer 4*128^2 attention + 3*128*512 MLP = 0.26M);
     300 steps of 16x256 tokens = 1.2M tokens, about a minute on 2 cores.
     """
@@ -103,7 +105,7 @@ def build_tiny_base(
     )
     model.train()
     losses: list[float] = []
-    for _ in range(steps):
+    for step in range(steps):
         batch = blocks[torch.randint(0, n_blocks, (batch_size,), generator=gen)]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -112,6 +114,8 @@ def build_tiny_base(
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 4))
+        if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
+            progress(step + 1, steps, losses[-1])
     model.eval()
 
     out.mkdir(parents=True, exist_ok=True)

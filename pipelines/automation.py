@@ -1,0 +1,77 @@
+"""Unattended operation: a weekly refresh, a sensor on new trajectories, and the run chain after curation.
+
+curation (schedule or sensor) -> category runs, one per affected partition -> routing policy.
+The category list travels as the run tag `qeforge/categories` ("all" from the schedule).
+"""
+
+import os
+
+import dagster as dg
+
+from pipelines.jobs import category_job, curation_job, routing_job
+from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBResource
+from qeforge.categories import CATEGORIES
+
+CATEGORIES_TAG = "qeforge/categories"
+# Monday 03:00 by default; QEFORGE_REFRESH_CRON overrides it (read when the code location loads).
+REFRESH_CRON = os.environ.get("QEFORGE_REFRESH_CRON", "0 3 * * 1")
+NEW_TRAJECTORIES_THRESHOLD = int(os.environ.get("QEFORGE_NEW_TRAJECTORIES_THRESHOLD", "50"))
+
+weekly_refresh = dg.ScheduleDefinition(
+    name="weekly_refresh",
+    cron_schedule=REFRESH_CRON,
+    job=curation_job,
+    tags={CATEGORIES_TAG: "all"},
+    execution_timezone="UTC",
+    description="Refresh datasets, then retrain, evaluate and register every category",
+)
+
+
+@dg.sensor(job=curation_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
+def new_trajectories(
+    context: dg.SensorEvaluationContext, lancedb: LanceDBResource, curation: CurationSettings, dataset_store: DatasetStoreResource
+):
+    """Request curation when a category gained enough eligible trajectories since the current dataset version."""
+    from qeforge import store
+    from qeforge.curation.export import load_manifest
+    from qeforge.curation.freshness import GATE_COLUMNS, new_eligible_counts
+
+    frame = store.trajectories(lancedb.connect()).to_arrow().select(GATE_COLUMNS).to_pandas()
+    manifest = load_manifest(dataset_store.path())
+    counts = new_eligible_counts(frame, manifest, curation.gate())
+    affected = sorted(c for c, n in counts.items() if n >= NEW_TRAJECTORIES_THRESHOLD)
+    if not affected:
+        return dg.SkipReason(f"new eligible trajectories {counts} below {NEW_TRAJECTORIES_THRESHOLD} per category")
+    version = manifest["version"] if manifest else "none"
+    return dg.RunRequest(
+        # One request per (dataset version, affected set, counts): a tick that sees the same state asks nothing new.
+        run_key=f"{version}:{','.join(affected)}:{','.join(str(counts[c]) for c in affected)}",
+        tags={CATEGORIES_TAG: ",".join(affected), "qeforge/trigger": "new_trajectories"},
+    )
+
+
+def categories_from_tag(value: str | None) -> list[str]:
+    if not value or value == "all":
+        return list(CATEGORIES)
+    return [c for c in value.split(",") if c in CATEGORIES]
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[curation_job], request_job=category_job,
+                      default_status=dg.DefaultSensorStatus.STOPPED)
+def after_curation(context: dg.RunStatusSensorContext):
+    """Train, evaluate and register the categories the curation run was for: one partition run each."""
+    run = context.dagster_run
+    for category in categories_from_tag(run.tags.get(CATEGORIES_TAG)):
+        yield dg.RunRequest(run_key=f"{run.run_id}:{category}", partition_key=category,
+                            tags={CATEGORIES_TAG: category, "qeforge/after": run.run_id})
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[category_job], request_job=routing_job,
+                      default_status=dg.DefaultSensorStatus.STOPPED)
+def after_category(context: dg.RunStatusSensorContext):
+    """Rewrite the combined routing policy after any category changed."""
+    return dg.RunRequest(run_key=context.dagster_run.run_id)
+
+
+SCHEDULES = [weekly_refresh]
+SENSORS = [new_trajectories, after_curation, after_category]

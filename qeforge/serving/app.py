@@ -1,0 +1,213 @@
+"""The OpenAI-compatible HTTP shim: /v1/chat/completions, /v1/models, /health, /metrics, /admin/reload.
+
+Errors come back in OpenAI's shape {"error": {message, type, param, code}}; a 500 never carries a
+stack trace (it is logged server-side). Generation runs in a worker thread, so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qeforge.categories import registered_model_name
+from qeforge.serving.engine import AUTO_MODEL, Completion, Engine, ServingError
+from qeforge.serving.source import AdapterSource, default_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    backend: str = "torch"
+    source: AdapterSource | None = None  # None -> default_source()
+    classifier_path: str | None = None
+    onnx_cache_dir: str | None = None
+
+    def build_engine(self) -> Engine:
+        return Engine(self.source or default_source(), backend=self.backend,
+                      classifier_path=self.classifier_path, onnx_cache_dir=self.onnx_cache_dir)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int | None = None
+    stream: bool | None = False
+    metadata: dict[str, Any] | None = None
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = r = CollectorRegistry()
+        fine = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
+        self.requests = Counter("qeforge_requests", "Chat requests", ["category", "decision", "status"], registry=r)
+        self.latency = Histogram("qeforge_request_latency_seconds", "Chat request latency", ["category"], registry=r,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.switch = Histogram("qeforge_adapter_switch_seconds", "Time to activate the request's adapter",
+                                ["switched"], registry=r, buckets=fine)
+        self.routing = Histogram("qeforge_routing_decision_seconds", "Signal computation + threshold compare",
+                                 ["signal"], registry=r, buckets=fine)
+        self.tokens = Counter("qeforge_generated_tokens", "Tokens generated locally", ["category"], registry=r)
+
+    def observe(self, c: Completion, seconds: float) -> None:
+        self.requests.labels(c.category, c.decision, "200").inc()
+        self.latency.labels(c.category).observe(seconds)
+        if "switch_s" in c.timings:
+            self.switch.labels(str(c.switched).lower()).observe(c.timings["switch_s"])
+        if "routing_s" in c.timings:
+            self.routing.labels(c.signal).observe(c.timings["routing_s"])
+        self.tokens.labels(c.category).inc(c.local_tokens)
+
+
+def _num(x: float | None):
+    """JSON-safe number: +-inf as "inf"/"-inf" (the policy files' convention), nan/None as null."""
+    if x is None or math.isnan(x):
+        return None
+    return ("inf" if x > 0 else "-inf") if math.isinf(x) else round(x, 6)
+
+
+def error(status: int, message: str, *, param: str | None = None, code: str | None = None,
+          type_: str = "invalid_request_error") -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = None) -> FastAPI:
+    if isinstance(engine_or_settings, Settings):
+        engine = engine_or_settings.build_engine()
+        api_key = api_key if api_key is not None else engine_or_settings.api_key
+    else:
+        engine = engine_or_settings
+    metrics = Metrics()
+    app = FastAPI(title="qeforge shim", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.metrics = engine, metrics
+
+    def check_key(request: Request) -> None:
+        if not api_key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise _Unauthorized()
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(request, exc):
+        return error(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    @app.exception_handler(ServingError)
+    async def refused(request, exc: ServingError):
+        return error(exc.status, exc.message, param=exc.param, code=exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return error(400, "We could not parse the JSON body of your request: it is not valid JSON.")
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        return error(400, f"Invalid request{f' ({param})' if param else ''}: {first.get('msg', 'malformed body')}", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error(500, "The server had an error while processing your request.", type_="server_error")
+
+    @app.get("/health")
+    async def health():
+        snap = engine.snapshot
+        return {"status": "ok", "base_model": snap.base_model, "backend": engine.backend,
+                "adapters": {c: a.version for c, a in snap.adapters.items()},
+                "policy_version": snap.policy_version, "source": snap.source}
+
+    api = APIRouter(dependencies=[Depends(check_key)])
+
+    @api.get("/v1/models")
+    async def models():
+        created = int(time.time())
+        ids = [registered_model_name(c) for c in engine.snapshot.adapters] + [AUTO_MODEL]
+        return {"object": "list", "data": [{"id": i, "object": "model", "created": created, "owned_by": "qeforge"} for i in ids]}
+
+    @api.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.post("/admin/reload")
+    async def reload():
+        try:
+            snap = await run_in_threadpool(engine.reload)
+        except Exception:
+            log.exception("reload failed; still serving the previous snapshot")
+            return error(500, "reload failed; still serving the previous snapshot (see the server log)", type_="server_error")
+        return {"status": "reloaded", "base_model": snap.base_model, "adapters": {c: a.version for c, a in snap.adapters.items()},
+                "policy_version": snap.policy_version, "source": snap.source}
+
+    @api.post("/v1/chat/completions")
+    async def chat(body: ChatRequest):
+        start = time.perf_counter()
+        try:
+            if body.stream:
+                raise ServingError("streaming is not supported", param="stream")
+            if body.n not in (None, 1):
+                raise ServingError("only n=1 is supported", param="n")
+            max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+            c = await run_in_threadpool(engine.complete, body.model, body.messages, max_tokens=max_tokens, metadata=body.metadata)
+        except ServingError as exc:
+            metrics.requests.labels("none", "rejected", str(exc.status)).inc()
+            raise
+        except Exception:
+            metrics.requests.labels("none", "error", "500").inc()
+            raise
+        metrics.observe(c, time.perf_counter() - start)
+        route = {"category": c.category, "adapter_version": c.adapter_version, "signal": c.signal,
+                 "confidence": _num(c.confidence), "threshold": _num(c.threshold), "decision": c.decision,
+                 "policy_version": c.policy_version}
+        body_out = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": c.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
+                         "finish_reason": c.finish_reason}],
+            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                      "total_tokens": c.prompt_tokens + c.completion_tokens},
+            "qeforge": {**route, "escalation_error": c.escalation_error, "adapter_switched": c.switched,
+                        "timings_ms": {k.removesuffix("_s"): round(v * 1000, 4) for k, v in c.timings.items()}},
+        }
+        header = "; ".join(f"{k}={route[k] if route[k] is not None else 'none'}"
+                           for k in ("category", "decision", "confidence", "threshold", "adapter_version"))
+        return JSONResponse(body_out, headers={"X-QEForge-Route": header})
+
+    app.include_router(api)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

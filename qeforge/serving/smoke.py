@@ -1,0 +1,71 @@
+"""The main job's last step: start the shim on the registered champions, answer one request per
+category over HTTP on loopback, print the routing decisions, stop."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS, registered_model_name
+
+PROMPTS = {
+    "test-generation": "Write pytest tests for the following function:\n```python\ndef clamp(x, lo, hi):\n    return max(lo, min(x, hi))\n```",
+    "coverage-analysis": "Which lines of `sign` are not executed by the tests below?\n```\n  1 | def sign(x):\n  2 |     if x < 0:\n  3 |         return -1\n  4 |     return 1\n```\nTests:\n```python\ndef test_sign():\n    assert sign(3) == 1\n```",
+    "flaky-detection": "Classify the test below as flaky or not-flaky and explain why.\n```python\nimport time\n\ndef test_fast():\n    start = time.time()\n    work()\n    assert time.time() - start < 0.01\n```",
+    "code-review": "Review this diff and point out any problems:\n```diff\n+def total(values):\n+    sum = 0\n+    for v in values:\n+        sum += v\n+    return sum\n```",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> tuple[dict, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read()), dict(response.headers)
+
+
+def serve_one_request_per_category(source=None) -> bool:
+    import uvicorn
+
+    from qeforge.serving.app import Settings, create_app
+    from qeforge.serving.registry_source import RegistrySource
+
+    settings = Settings(host="127.0.0.1", port=_free_port(), source=source or RegistrySource())
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://{settings.host}:{settings.port}"
+    ok = True
+    try:
+        deadline = time.time() + 300
+        while not server.started:
+            if time.time() > deadline or not thread.is_alive():
+                print("serve: the shim did not start")
+                return False
+            time.sleep(0.2)
+        print(f"serve: shim on {base} ({settings.source.load().source})")
+        for category in CATEGORIES:
+            body = {"model": registered_model_name(category), "max_tokens": 64,
+                    "messages": [{"role": "system", "content": SYSTEM_PROMPTS[category]},
+                                 {"role": "user", "content": PROMPTS[category]}]}
+            try:
+                answer, headers = _post(f"{base}/v1/chat/completions", body)
+            except OSError as e:
+                print(f"serve {category}: FAILED ({e})")
+                ok = False
+                continue
+            route = answer["qeforge"]
+            text = answer["choices"][0]["message"]["content"].replace("\n", " ")[:70]
+            print(f"serve {category}: {route['decision']} (v{route['adapter_version']}, {route['signal']} "
+                  f"{route['confidence']} vs {route['threshold']}): {text!r}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    return ok

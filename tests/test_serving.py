@@ -1,0 +1,358 @@
+"""The serving shim: OpenAI client against a real uvicorn server, routing, adapter isolation, reload, errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tiny_models import build_base, random_adapter
+
+SERVED = ("test-generation", "coverage-analysis", "flaky-detection")
+PROMPT = [{"role": "user", "content": "def add(a, b):\n    return a + b"}]
+MAX = 8
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    base = build_base(root)
+    adapters = {c: random_adapter(base, root / "adapters" / c / "v1", 100 + i) for i, c in enumerate(SERVED)}
+    v2 = random_adapter(base, root / "adapters" / SERVED[0] / "v2", 999)
+    return {"root": root, "base": str(base), "adapters": adapters, "v2": v2}
+
+
+def make_engine(artefacts, policy=None, **kw):
+    from qeforge.serving.engine import Engine
+    from qeforge.serving.source import DirectorySource
+
+    kw.setdefault("escalation", None)
+    kw.setdefault("classifier_path", artefacts["root"] / "no-classifier.json")
+    return Engine(DirectorySource(artefacts["base"], artefacts["adapters"], policy), **kw)
+
+
+def policy(signal="mean_logprob", threshold="-inf", version="p-test"):
+    return {"version": version, "categories": {c: {"signal": signal, "threshold": threshold} for c in SERVED}}
+
+
+@pytest.fixture(scope="session")
+def engine(artefacts):
+    return make_engine(artefacts, policy())
+
+
+@pytest.fixture(scope="session")
+def expected(engine):
+    """The engine's direct single-request answer per category: distinct, so a mix-up would show."""
+    out = {c: engine.complete(f"qeforge-{c}", PROMPT, max_tokens=MAX).text for c in SERVED}
+    assert len(set(out.values())) == len(SERVED), out
+    return out
+
+
+class Server:
+    def __init__(self, app):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def serve():
+    from qeforge.serving.app import create_app
+
+    servers = []
+
+    def start(engine, **kw):
+        servers.append(Server(create_app(engine, **kw)))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def server(engine):
+    from qeforge.serving.app import create_app
+
+    s = Server(create_app(engine))
+    yield s
+    s.stop()
+
+
+def openai_client(url, key="unused"):
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def test_openai_client_gets_each_categorys_answer_and_route(server, expected):
+    client = openai_client(server.url)
+    ids = {m.id for m in client.models.list()}
+    assert ids == {f"qeforge-{c}" for c in SERVED} | {"qeforge"}
+    for c in SERVED:
+        raw = client.chat.completions.with_raw_response.create(model=f"qeforge-{c}", messages=PROMPT, max_tokens=MAX)
+        resp = raw.parse()
+        assert resp.choices[0].message.content == expected[c]
+        assert resp.choices[0].finish_reason in ("stop", "length") and resp.model == f"qeforge-{c}"
+        assert resp.usage.completion_tokens <= MAX and resp.usage.total_tokens > resp.usage.completion_tokens
+        route = resp.model_extra["qeforge"]
+        fields = ("category", "adapter_version", "signal", "confidence", "threshold", "decision", "policy_version")
+        assert {k: route[k] for k in fields} | {"confidence": None} == {"category": c, "adapter_version": "v1", "signal": "mean_logprob",
+                                                "confidence": None, "threshold": "-inf", "decision": "local",
+                                                "policy_version": "p-test"}
+        assert isinstance(route["confidence"], float) and route["timings_ms"]["switch"] >= 0
+        header = raw.headers["X-QEForge-Route"]
+        assert f"category={c}; decision=local;" in header and "threshold=-inf; adapter_version=v1" in header
+    # auto model with an explicit category; max_completion_tokens is honoured like max_tokens
+    resp = client.chat.completions.create(model="qeforge", messages=PROMPT, max_completion_tokens=MAX,
+                                          metadata={"category": SERVED[1]})
+    assert resp.choices[0].message.content == expected[SERVED[1]]
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and health["adapters"] == {c: "v1" for c in SERVED} and health["backend"] == "torch"
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in ("qeforge_requests_total", "qeforge_request_latency_seconds", "qeforge_adapter_switch_seconds",
+                 "qeforge_routing_decision_seconds", "qeforge_generated_tokens_total"):
+        assert name in metrics
+
+
+def test_concurrent_mixed_requests_never_cross_adapters(server, expected):
+    cats = [SERVED[i % len(SERVED)] for i in range(24)]
+
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        def ask(c):
+            r = http.post("/v1/chat/completions", json={"model": f"qeforge-{c}", "messages": PROMPT, "max_tokens": MAX})
+            return c, r.json()
+
+        with ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(ask, cats))
+    for c, body in results:
+        assert body["qeforge"]["category"] == c
+        assert body["choices"][0]["message"]["content"] == expected[c]
+
+
+class FakeClaude:
+    def __init__(self, fail=False):
+        self.fail, self.calls = fail, []
+
+    def complete(self, system, messages, max_tokens):
+        self.calls.append((system, messages, max_tokens))
+        if self.fail:
+            raise ConnectionError("claude is down")
+        return "claude says hi"
+
+
+def test_routing_decisions(artefacts, expected):
+    c = SERVED[0]
+    local = make_engine(artefacts, policy(threshold="-inf"), escalation=FakeClaude())
+    r = local.complete(f"qeforge-{c}", PROMPT, max_tokens=MAX)
+    assert (r.decision, r.text) == ("local", expected[c]) and not local.escalation.calls
+
+    fake = FakeClaude()
+    esc = make_engine(artefacts, policy(threshold="inf"), escalation=fake)
+    r = esc.complete(f"qeforge-{c}", PROMPT, max_tokens=MAX)
+    assert (r.decision, r.text, r.local_tokens) == ("escalated", "claude says hi", 0)
+    system, messages, max_tokens = fake.calls[0]
+    assert "pytest" in system and messages == PROMPT and max_tokens == MAX
+
+    r = make_engine(artefacts, policy(threshold="inf")).complete(f"qeforge-{c}", PROMPT, max_tokens=MAX)
+    assert (r.decision, r.text) == ("local_below_threshold", expected[c])
+
+    r = make_engine(artefacts, policy(threshold="inf"), escalation=FakeClaude(fail=True)).complete(
+        f"qeforge-{c}", PROMPT, max_tokens=MAX)
+    assert (r.decision, r.text, r.escalation_error) == ("local_escalation_failed", expected[c], "ConnectionError")
+
+    # a finite mean_logprob threshold above any confidence: generated locally, then escalated
+    fake = FakeClaude()
+    r = make_engine(artefacts, policy(threshold=1.0), escalation=fake).complete(f"qeforge-{c}", PROMPT, max_tokens=MAX)
+    assert r.decision == "escalated" and r.confidence < 1.0 and r.local_tokens > 0 and len(fake.calls) == 1
+
+
+def test_claude_escalation_wraps_messages_create(monkeypatch):
+    from types import SimpleNamespace
+
+    from qeforge.serving.engine import ClaudeEscalation, escalation_from_env
+
+    calls = []
+
+    def create(**kw):
+        calls.append(kw)
+        return SimpleNamespace(content=[SimpleNamespace(type="text", text="a"), SimpleNamespace(type="text", text="b")])
+
+    monkeypatch.setenv("QEFORGE_CLAUDE_MODEL", "claude-test")
+    fake = SimpleNamespace(messages=SimpleNamespace(create=create))
+    assert ClaudeEscalation(fake).complete("sys", PROMPT, 7) == "ab"
+    assert calls == [{"model": "claude-test", "max_tokens": 7, "messages": PROMPT, "system": "sys"}]
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert escalation_from_env() is None
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    assert isinstance(escalation_from_env(), ClaudeEscalation)
+
+
+def test_knn_signal_and_escalation_over_http(artefacts, expected, serve, tmp_path):
+    import numpy as np
+
+    from qeforge import store
+
+    db = store.connect(str(tmp_path / "lancedb"))
+    unit = np.eye(4, dtype=np.float32)
+    store.write_known_good(db, ["a"], [SERVED[0]], [0.9], unit[:1], "v1")
+    embed = lambda texts: np.repeat(unit[:1], len(texts), axis=0)  # noqa: E731 - every prompt is the known-good one
+
+    near = make_engine(artefacts, policy("knn_similarity", 0.5), db=db, embed=embed, escalation=FakeClaude())
+    r = near.complete(f"qeforge-{SERVED[0]}", PROMPT, max_tokens=MAX)
+    assert (r.decision, r.text) == ("local", expected[SERVED[0]]) and r.confidence == pytest.approx(1.0)
+    assert "routing_s" in r.timings
+
+    far = make_engine(artefacts, policy("knn_similarity", 0.5), db=db, embed=embed, escalation=FakeClaude())
+    s = serve(far)
+    body = httpx.post(f"{s.url}/v1/chat/completions",
+                      json={"model": f"qeforge-{SERVED[1]}", "messages": PROMPT, "max_tokens": MAX}).json()
+    assert body["choices"][0]["message"]["content"] == "claude says hi"  # no known-good row of this category: -1
+    assert body["qeforge"]["decision"] == "escalated" and body["qeforge"]["confidence"] == -1.0
+
+
+def test_auto_model_uses_the_category_classifier(artefacts, expected, tmp_path):
+    import numpy as np
+
+    from qeforge.curation.categorize import CategoryClassifier
+
+    path = tmp_path / "classifier.json"
+    CategoryClassifier(list(SERVED), np.eye(3, dtype=np.float32), np.zeros(3, dtype=np.float32)).save(path)
+    eng = make_engine(artefacts, policy(), classifier_path=path, embed=lambda t: np.tile([[0, 0, 1.0]], (len(t), 1)))
+    r = eng.complete("qeforge", PROMPT, max_tokens=MAX)
+    assert (r.category, r.text) == (SERVED[2], expected[SERVED[2]])
+
+
+def test_reload_swaps_the_adapter(artefacts, expected, serve):
+    eng = make_engine(artefacts, policy())
+    s = serve(eng)
+    c = SERVED[0]
+    client = openai_client(s.url)
+    first = client.chat.completions.create(model=f"qeforge-{c}", messages=PROMPT, max_tokens=MAX)
+    assert first.choices[0].message.content == expected[c]
+    eng.source.adapters[c] = artefacts["v2"]
+    reloaded = httpx.post(f"{s.url}/admin/reload").json()
+    assert reloaded["status"] == "reloaded" and reloaded["adapters"][c] == "v2"
+    second = client.chat.completions.create(model=f"qeforge-{c}", messages=PROMPT, max_tokens=MAX)
+    assert second.model_extra["qeforge"]["adapter_version"] == "v2"
+    assert second.choices[0].message.content != expected[c]
+    assert second.choices[0].message.content == eng.complete(f"qeforge-{c}", PROMPT, max_tokens=MAX).text
+    other = client.chat.completions.create(model=f"qeforge-{SERVED[1]}", messages=PROMPT, max_tokens=MAX)
+    assert other.choices[0].message.content == expected[SERVED[1]]
+    # a broken source keeps the old snapshot serving
+    eng.source.adapters[c] = artefacts["root"] / "missing"
+    r = httpx.post(f"{s.url}/admin/reload")
+    assert r.status_code == 500 and "Traceback" not in r.text and r.json()["error"]["type"] == "server_error"
+    assert httpx.get(f"{s.url}/health").json()["adapters"][c] == "v2"
+
+
+def _error(r, status, code=None):
+    assert r.status_code == status, r.text
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+    if code:
+        assert err["code"] == code
+    return err
+
+
+def test_bad_requests_get_openai_shaped_4xx(server, engine):
+    url = f"{server.url}/v1/chat/completions"
+    ok = {"model": f"qeforge-{SERVED[0]}", "messages": PROMPT, "max_tokens": MAX}
+    post = lambda body: httpx.post(url, json=body)  # noqa: E731
+    _error(httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert _error(post({"model": ok["model"]}), 400)["param"] == "messages"
+    assert _error(post({**ok, "messages": "hi"}), 400)["param"] == "messages"
+    _error(post({**ok, "messages": []}), 400)
+    _error(post({**ok, "messages": [{"role": "system", "content": "only a system turn"}]}), 400)
+    _error(post({**ok, "messages": [{"role": "tool", "content": "x"}]}), 400)
+    _error(post({**ok, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}), 400)
+    _error(post({**ok, "model": "gpt-4o"}), 404, "model_not_found")
+    _error(post({**ok, "model": "qeforge-code-review"}), 404, "model_not_found")  # a category not served here
+    _error(post({**ok, "model": "qeforge", "metadata": {"category": "cooking"}}), 400)
+    assert "category" in _error(post({**ok, "model": "qeforge"}), 400)["message"]  # no classifier file
+    _error(post({**ok, "max_tokens": 0}), 400)
+    _error(post({**ok, "max_tokens": engine.context_length}), 400, "context_length_exceeded")
+    long = [{"role": "user", "content": "x = 1\n" * engine.context_length}]
+    _error(post({**ok, "messages": long, "max_tokens": None}), 400, "context_length_exceeded")
+    assert "streaming" in _error(post({**ok, "stream": True}), 400)["message"]
+    _error(httpx.get(f"{server.url}/v1/nothing-here"), 404)
+
+
+def test_api_key_guards_everything_but_health(engine, serve):
+    import openai
+
+    s = serve(engine, api_key="s3cret")
+    assert httpx.get(f"{s.url}/health").status_code == 200
+    _error(httpx.get(f"{s.url}/v1/models"), 401)
+    _error(httpx.get(f"{s.url}/metrics", headers={"Authorization": "Bearer wrong"}), 401)
+    _error(httpx.post(f"{s.url}/admin/reload"), 401)
+    with pytest.raises(openai.AuthenticationError):
+        openai_client(s.url, "wrong").chat.completions.create(model=f"qeforge-{SERVED[0]}", messages=PROMPT)
+    assert len(openai_client(s.url, "s3cret").models.list().data) == len(SERVED) + 1
+
+
+def test_internal_error_is_a_generic_500(artefacts, serve):
+    eng = make_engine(artefacts, policy())
+
+    def boom(*a, **kw):
+        raise RuntimeError("secret internal detail")
+
+    eng.complete = boom
+    s = serve(eng)
+    r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": f"qeforge-{SERVED[0]}", "messages": PROMPT})
+    err = _error(r, 500)
+    assert "secret" not in json.dumps(err)
+
+
+def test_onnx_backend_answers_like_torch(artefacts, expected, tmp_path):
+    pytest.importorskip("qeforge.serving.onnx_runtime")
+    pytest.importorskip("onnxruntime")
+    one = {SERVED[0]: artefacts["adapters"][SERVED[0]]}
+    from qeforge.serving.engine import Engine
+    from qeforge.serving.source import DirectorySource
+
+    eng = Engine(DirectorySource(artefacts["base"], one, policy()), backend="onnx", escalation=None,
+                 onnx_cache_dir=tmp_path / "onnx")
+    r = eng.complete(f"qeforge-{SERVED[0]}", PROMPT, max_tokens=MAX)
+    assert (r.text, r.decision) == (expected[SERVED[0]], "local")
+
+
+def test_sources_and_cli_arguments(artefacts, qe_home):
+    from qeforge.cli import _serve_source, build_parser
+    from qeforge.serving.registry_source import RegistrySource
+    from qeforge.serving.source import DirectorySource, FirstAvailableSource, LatestLocalSource, default_source
+
+    c, path = SERVED[0], artefacts["adapters"][SERVED[0]]
+    args = build_parser().parse_args(["serve", "--adapter", f"{c}={path}", "--port", "0"])
+    source = _serve_source(args)
+    snap = source.load()
+    assert isinstance(source, DirectorySource) and snap.base_model == artefacts["base"]
+    assert snap.adapters[c].version == "v1" and snap.adapters[c].policy == {"signal": "mean_logprob", "threshold": "-inf"}
+    with pytest.raises(ValueError):
+        DirectorySource(artefacts["base"], {"cooking": path})
+    fallback = default_source()
+    assert isinstance(fallback, FirstAvailableSource)
+    assert [type(s) for s in fallback.sources] == [RegistrySource, LatestLocalSource]
+    with pytest.raises(FileNotFoundError, match="RegistrySource.*LatestLocalSource"):  # a fresh QEFORGE_HOME: nothing yet
+        default_source().load()
