@@ -85,6 +85,24 @@ def test_curation_graph_materializes_with_passing_checks(demo_bank, qe_home):
                             capture_output=True, text=True, check=True)
     assert json.loads(listed.stdout)["test-generation"]["mlflow_run_id"] == adapter["mlflow_run_id"]
 
+    # One category end to end: train, evaluate vs Claude, tune routing, register, gate, promote.
+    category = "coverage-analysis"
+    run = dg.materialize(assets, partition_key=category, resources=resources,
+                         selection=defs.resolve_job_def("category").asset_layer.executable_asset_keys)
+    checks = {c.check_name: c.passed for c in run.get_asset_check_evaluations()}
+    assert checks["evaluated_on_test_split_only"] and checks["sandbox_contained"]
+    summary = run.output_for_node("adapter_evaluation")["summary"]
+    assert summary["n_paired"] > 0 and summary["claude_score"]["value"] > summary["adapter_score"]["value"]
+    low, ratio, high = (summary["quality_ratio"][k] for k in ("ci_low", "value", "ci_high"))
+    assert 0 <= low <= ratio <= high
+    policy = run.output_for_node("routing_policy")["policy"]
+    assert policy["signal"] in ("mean_logprob", "knn_similarity") and 0 <= policy["expected_local_share"] <= 1
+    registered = run.output_for_node("registered_adapter")
+    version = mlflow.MlflowClient(MLflowResource().resolved_tracking_uri()).get_model_version(registered["name"], registered["version"])
+    assert version.tags["dataset_version"] == out["version"] and "Quality vs Claude" in version.description
+    eval_run = mlflow.MlflowClient(MLflowResource().resolved_tracking_uri()).get_run(registered["tags"]["training_run_id"])
+    assert "eval/quality_ratio/value" in eval_run.data.metrics and "routing/tuned/local_share" in eval_run.data.metrics
+
 
 def test_info_reports_locations_under_qeforge_home(qe_home):
     shown = subprocess.run([sys.executable, "-m", "qeforge.cli", "info", "--json"], capture_output=True, text=True, check=True)

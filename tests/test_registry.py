@@ -94,7 +94,7 @@ def test_blocking_gate_keeps_a_worse_candidate_out_of_champion(tmp_path, tiny, q
     client = client_for(uri)
     io_root = tmp_path / "assets"
 
-    def cycle(adapter, ratio, high, version_name):
+    def cycle(adapter, ratio, high, version_name, selection=("registered_adapter", "champion_adapter")):
         score = lambda v: {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}  # noqa: E731
         summary = {"quality_ratio": {"value": ratio, "ci_low": ratio - 0.1, "ci_high": high},
                    "adapter_score": score(ratio), "base_score": score(0.1), "claude_score": score(1.0),
@@ -110,14 +110,15 @@ def test_blocking_gate_keeps_a_worse_candidate_out_of_champion(tmp_path, tiny, q
                                                          "mlflow_run_id": _run_with_adapter(client, tiny[adapter])})
         _write_input(io_root, "adapter_evaluation", CATEGORY, {"summary": summary})
         _write_input(io_root, "routing_policy", CATEGORY, {"routing": routing, "policy": policy})
-        _write_input(io_root, "curated_datasets", None, {"version": version_name})
+        _write_input(io_root, "curated_datasets", None, {"version": version_name, "path": str(tmp_path / "no-datasets")})
+        _write_input(io_root, "base_model", None, {"name_or_path": tiny["base"], "profile": "tiny"})
         return dg.materialize(
             # Upstream assets are read from the IO manager's files written above, not run.
             dg.load_assets_from_modules([curation, training, evaluation, registry]),
             partition_key=CATEGORY, raise_on_error=False,
             resources={**defs.resources, "io_manager": ParquetIOManager(base_dir=str(io_root)),
                        "mlflow": MLflowResource(tracking_uri=uri)},
-            selection=dg.AssetSelection.assets("registered_adapter", "champion_adapter"),
+            selection=dg.AssetSelection.assets(*selection),
         )
 
     first = cycle("good", 0.60, 0.70, "ds1")
@@ -130,6 +131,13 @@ def test_blocking_gate_keeps_a_worse_candidate_out_of_champion(tmp_path, tiny, q
     assert str(version_by_alias(client, CATEGORY, CANDIDATE).version) == "2"
     assert str(version_by_alias(client, CATEGORY, CHAMPION).version) == "1"  # never moved
     assert "quality_ratio" in client.get_model_version("qeforge-code-review", "2").description.lower()
+
+    # An evaluation that fails (here: its dataset is gone) stops the run before anything is registered.
+    third = cycle("good", 0.9, 0.95, "ds3", selection=("adapter_evaluation", "registered_adapter", "champion_adapter"))
+    assert not third.success
+    assert third.get_asset_materialization_events() == []
+    assert str(version_by_alias(client, CATEGORY, CHAMPION).version) == "1"
+    assert len(client.search_model_versions("name='qeforge-code-review'")) == 2
 
 
 def _free_port():

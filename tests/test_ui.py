@@ -5,7 +5,8 @@ every asset check, materializes `raw_trajectories` with the UI's Materialize but
 reach SUCCESS and its materialization must show on the asset's page), and launches one category
 partition, observed and then terminated (the partitioned assets train models: too slow for a test).
 
-Screenshots for the README are written to docs/screenshots/. Chromium: $QEFORGE_CHROMIUM, a
+Screenshots go to pytest's temp dir; with QEFORGE_UPDATE_SCREENSHOTS=1 they refresh the README's
+docs/screenshots/ (a test run never rewrites tracked files by default). Chromium: $QEFORGE_CHROMIUM, a
 `chromium` on PATH (Debian's package; .ci/run installs it), or a browser `playwright install`
 downloaded. The test is skipped only when Playwright or every such browser is missing.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 READY_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 150
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -240,7 +241,7 @@ def _asset_url(key) -> str:
     return "/assets/" + "/".join(key.path)
 
 
-def test_dagster_ui_shows_every_asset_and_check_and_materializes(dagster_ui, browser):
+def test_dagster_ui_shows_every_asset_and_check_and_materializes(dagster_ui, browser, tmp_path):
     from playwright.sync_api import expect
 
     from pipelines.definitions import defs
@@ -282,15 +283,24 @@ def test_dagster_ui_shows_every_asset_and_check_and_materializes(dagster_ui, bro
     run_id = view.get_attribute("href").rsplit("/", 1)[-1]
     run = ui.wait_for_run(run_id, TERMINAL, RUN_TIMEOUT_S)
     assert run["status"] == "SUCCESS", f"run {run_id}: {run.get('status')}\n{ui.run_errors(run_id)}"
+    checked = ui.graphql(
+        "query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode { assetChecksOrError {"
+        " ... on AssetChecks { checks { name executionForLatestMaterialization { runId status } } } } } } }",
+        {"key": {"path": raw.path}},
+    )["assetNodeOrError"]["assetChecksOrError"]["checks"]
+    assert {c["name"]: c["executionForLatestMaterialization"] for c in checked} == {
+        name: {"runId": run_id, "status": "SUCCEEDED"} for name in by_asset.get(raw, [])
+    }
 
     # The finished run, rendered: status, the materialization and both checks' results.
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shots = README_SCREENSHOTS if os.environ.get("QEFORGE_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
     page.goto(f"/runs/{run_id}")
     expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible()
     expect(page.get_by_text("ASSET_MATERIALIZATION").first).to_be_visible()
     expect(page.get_by_text("Success", exact=True).first).to_be_visible()
     page.wait_for_timeout(1500)  # let the Gantt chart settle
-    page.screenshot(path=SCREENSHOTS / "dagster-run.png")
+    page.screenshot(path=shots / "dagster-run.png")
 
     # ...and on the asset's page: the materialization from this run, with its row count.
     page.goto(_asset_url(raw) + "?view=events")
@@ -323,7 +333,7 @@ def test_dagster_ui_shows_every_asset_and_check_and_materializes(dagster_ui, bro
     clip = {"x": max(0, box["x"] - margin), "y": max(0, box["y"] - margin)}
     clip["width"] = min(viewport["width"], box["r"] + margin) - clip["x"]
     clip["height"] = min(viewport["height"], box["b"] + margin) - clip["y"]
-    lineage.screenshot(path=SCREENSHOTS / "dagster-asset-graph.png", clip=clip)
+    lineage.screenshot(path=shots / "dagster-asset-graph.png", clip=clip)
     lineage.context.close()
 
     # One category partition: launched as the UI's partition launcher does, observed, then terminated.
