@@ -1,11 +1,11 @@
 """Curation stage: LanceDB trajectories -> versioned per-category HF datasets."""
 
+from datetime import timedelta
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-
-import dagster as dg
 from assets.metadata import counts, md_histogram, md_records, md_table
 from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBResource
 from qeforge import store
@@ -187,7 +187,9 @@ def balanced(categorized: pd.DataFrame, curation: CurationSettings) -> dg.Output
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"huggingface"})
+# The weekly refresh plus a day of slack: older than that, the UI flags the datasets as stale.
+@dg.asset(group_name=GROUP, kinds={"huggingface"}, freshness_policy=dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(days=8), warn_window=timedelta(days=7, hours=6)))
 def curated_datasets(
     context: dg.AssetExecutionContext,
     balanced: pd.DataFrame,

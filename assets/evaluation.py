@@ -1,6 +1,7 @@
 """Evaluation stage: each adapter against Claude on its category's eval spec, then the routing policy."""
 
 import json
+from datetime import timedelta
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,7 +177,9 @@ def routing_policy(adapter_evaluation: dict, evaluation: EvaluationSettings, mlf
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"json"})
+# What the shim routes with should be no older than the weekly refresh allows.
+@dg.asset(group_name=GROUP, kinds={"json"}, freshness_policy=dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(days=8), warn_window=timedelta(days=7, hours=6)))
 def routing_policies(
     context: dg.AssetExecutionContext, routing_policy: dict, adapter_evaluation: dict, evaluation: EvaluationSettings
 ) -> dg.Output[dict]:

@@ -138,3 +138,34 @@ def test_dataset_version_is_a_content_hash():
     changed = f.copy()
     changed.loc[0, "output"] = "different"
     assert content_version(dataset_records(changed)) != a
+
+
+def test_a_crash_while_writing_a_version_leaves_the_previous_one_in_use(tmp_path, monkeypatch):
+    from datasets import DatasetDict
+
+    from qeforge.categories import CATEGORIES
+    from qeforge.curation.export import current_version, write_version
+
+    def records(offset):
+        n = 4 * len(CATEGORIES)
+        f = frame(n, category=[c for c in CATEGORIES for _ in range(4)], model=["claude-sonnet-4-6"] * n,
+                  group=[f"g{i}" for i in range(n)], metadata=["{}"] * n,
+                  split=["train", "train", "validation", "test"] * len(CATEGORIES))
+        return dataset_records(f.assign(output=[f"output {i + offset}" for i in range(n)]))
+
+    first, first_path, _ = write_version(records(0), tmp_path, report={})
+    real_save = DatasetDict.save_to_disk
+    saved = []
+
+    def crash_on_third(self, path, *args, **kwargs):  # the process dies halfway through the categories
+        saved.append(path)
+        if len(saved) == 3:
+            raise KeyboardInterrupt("killed mid-write")
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetDict, "save_to_disk", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        write_version(records(100), tmp_path, report={})
+    assert current_version(tmp_path) == (first, first_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted([first, "CURRENT"])
+    assert (first_path / "manifest.json").exists()

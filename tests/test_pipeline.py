@@ -87,11 +87,15 @@ def test_curation_graph_materializes_with_passing_checks(demo_bank, qe_home):
 
     # One category end to end: train, evaluate vs Claude, tune routing, register, gate, promote.
     category = "coverage-analysis"
-    run = dg.materialize(assets, partition_key=category, resources=resources,
-                         selection=defs.resolve_job_def("category").asset_layer.executable_asset_keys)
+    run = dg.materialize(assets, partition_key=category, resources=resources, raise_on_error=False,
+                         selection=list(defs.resolve_job_def("category").asset_layer.executable_asset_keys))
     checks = {c.check_name: c.passed for c in run.get_asset_check_evaluations()}
     assert checks["evaluated_on_test_split_only"] and checks["sandbox_contained"]
     summary = run.output_for_node("adapter_evaluation")["summary"]
+    # A 30-step base makes a weak adapter: whether it beats its base decides the gate, either way.
+    assert checks["champion_gate"] == checks["adapter_beats_base"] == (summary["adapter_gain_over_base"] > 0)
+    promoted = [e.asset_key.to_user_string() for e in run.get_asset_materialization_events()]
+    assert ("champion_adapter" in promoted) == checks["champion_gate"]
     assert summary["n_paired"] > 0 and summary["claude_score"]["value"] > summary["adapter_score"]["value"]
     low, ratio, high = (summary["quality_ratio"][k] for k in ("ci_low", "value", "ci_high"))
     assert 0 <= low <= ratio <= high
