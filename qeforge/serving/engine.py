@@ -355,6 +355,17 @@ class Engine:
         result.timings["engine_s"] = time.perf_counter() - start
         return result
 
+    def _escalated(self, state, msgs, max_new, confidence, timings, base, **extra) -> tuple[Completion | None, str | None]:
+        """(Claude's answer as a Completion, None), or (None, the error's class name) when the call failed."""
+        start = time.perf_counter()
+        text, failed = self._escalate(msgs, max_new)
+        timings["escalation_s"] = time.perf_counter() - start
+        if failed is not None:
+            return None, failed
+        n = len(state.tokenizer.encode(text, add_special_tokens=False))
+        return Completion(text=text, confidence=confidence, decision="escalated", completion_tokens=n,
+                          finish_reason="stop", timings=timings, **base, **extra), None
+
     def _complete(self, model: str, messages, max_tokens: int | None, metadata: dict | None) -> Completion:
         state = self._state  # this request runs on this snapshot even if a reload swaps it meanwhile
         msgs = normalize_messages(messages)
@@ -378,13 +389,9 @@ class Engine:
             timings["routing_s"] = time.perf_counter() - start
         failed = None
         if self.escalation is not None and (threshold == math.inf or (confidence is not None and not local_ok)):
-            start = time.perf_counter()
-            text, failed = self._escalate(msgs, max_new)
-            timings["escalation_s"] = time.perf_counter() - start
-            if failed is None:
-                n = len(state.tokenizer.encode(text, add_special_tokens=False))
-                return Completion(text=text, confidence=confidence, decision="escalated", completion_tokens=n,
-                                  finish_reason="stop", timings=timings, **base)
+            escalated, failed = self._escalated(state, msgs, max_new, confidence, timings, base)
+            if escalated is not None:
+                return escalated
         local = self._generate(state, category, ids, max_new)
         timings.update(switch_s=local.switch_s, generate_s=local.generate_s, queue_s=local.queue_s)
         base["switched"] = local.switched
@@ -396,13 +403,10 @@ class Engine:
         if local_ok:
             decision = "local"
         elif failed is None and self.escalation is not None and "escalation_s" not in timings:
-            start = time.perf_counter()
-            text, failed = self._escalate(msgs, max_new)
-            timings["escalation_s"] = time.perf_counter() - start
-            if failed is None:
-                n = len(state.tokenizer.encode(text, add_special_tokens=False))
-                return Completion(text=text, confidence=confidence, decision="escalated", completion_tokens=n,
-                                  finish_reason="stop", local_tokens=len(local.tokens), timings=timings, **base)
+            escalated, failed = self._escalated(state, msgs, max_new, confidence, timings, base,
+                                                local_tokens=len(local.tokens))
+            if escalated is not None:
+                return escalated
             decision = "local_escalation_failed"
         else:
             decision = "local_escalation_failed" if failed else "local_below_threshold"
