@@ -150,7 +150,13 @@ def _registry_client():
 def cmd_promote(args) -> int:
     from qeforge.registry import promote
 
-    previous = promote(_registry_client(), args.category, args.version, actor=args.actor, reason=args.reason)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        previous = promote(_registry_client(), args.category, args.version, actor=args.actor, reason=args.reason)
+    except MlflowException as e:  # unknown model or version: MLflow's own message says which
+        print(f"cannot promote: {e.message}", file=sys.stderr)
+        return 1
     print(f"qeforge-{args.category}: champion v{args.version} (was {previous or 'none'}); "
           "running shims pick it up on POST /admin/reload")
     return 0
