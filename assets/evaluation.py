@@ -46,7 +46,7 @@ def adapter_evaluation(
     mlflow: MLflowResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Adapter, base and Claude scored by the category's eval spec (evals/tasks/<category>.yaml), with CIs."""
-    from qeforge.evaluation.run import evaluate_category, load_examples, summarize
+    from qeforge.evaluation.run import evaluate_category, split_ids, summarize
     from qeforge.evaluation.spec import load_spec
     from qeforge.evaluation.tracking import log_to_run, numeric_items, plot_scores
 
@@ -102,9 +102,9 @@ def adapter_evaluation(
         metadata={"adapter_score": summary["adapter_score"]["value"], "base_score": summary["base_score"]["value"],
                   "gain": gain if gain is not None else float("nan")},
     )
-    other_ids = {e["id"] for split in ("train", spec.tune_split) if split != spec.eval_split
-                 for e in load_examples(dataset_dir, split)}
-    eval_ids = {e["id"] for e in load_examples(dataset_dir, spec.eval_split)}
+    ids = split_ids(dataset_dir)  # only the id column: the check needs no prompts or metadata
+    other_ids = set().union(*(v for split, v in ids.items() if split != spec.eval_split))
+    eval_ids = ids[spec.eval_split]
     leaked = len(set(evaluated["id"]) & other_ids)
     yield dg.AssetCheckResult(
         check_name="evaluated_on_test_split_only",

@@ -49,6 +49,13 @@ def load_examples(dataset_dir: Path, split: str) -> list[dict]:
     ]
 
 
+def split_ids(dataset_dir: Path) -> dict[str, set[str]]:
+    """The example ids of every split, read from the id column alone."""
+    from datasets import load_from_disk
+
+    return {split: set(rows["id"]) for split, rows in load_from_disk(str(dataset_dir)).items()}
+
+
 def is_claude(model: str) -> bool:
     return model.lower().startswith("claude")
 

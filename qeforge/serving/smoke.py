@@ -50,7 +50,8 @@ def serve_one_request_per_category(source=None) -> bool:
                 print("serve: the shim did not start")
                 return False
             time.sleep(0.2)
-        print(f"serve: shim on {base} ({settings.source.load().source})")
+        with urllib.request.urlopen(f"{base}/health", timeout=30) as response:
+            print(f"serve: shim on {base} ({json.loads(response.read())['source']})")
         for category in CATEGORIES:
             body = {"model": registered_model_name(category), "max_tokens": 64,
                     "messages": [{"role": "system", "content": SYSTEM_PROMPTS[category]},
