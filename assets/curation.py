@@ -22,6 +22,13 @@ from qeforge.locations import qeforge_home
 GROUP = "curation"
 
 
+def stacked_vectors(frame: pd.DataFrame) -> np.ndarray:
+    """The `vector` column as one (rows, dim) array; (0, dim) when no row passed, so every step runs on empty."""
+    if frame.empty:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    return np.stack(frame["vector"].to_numpy()).astype(np.float32)
+
+
 @dg.asset(group_name=GROUP, kinds={"lancedb", "pandas"})
 def raw_trajectories(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.Output[pd.DataFrame]:
     """Every validated trajectory in the ReasoningBank, with the quarantine beside it."""
@@ -52,20 +59,42 @@ def raw_trajectories(context: dg.AssetExecutionContext, lancedb: LanceDBResource
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"})
-def quality_gated(raw_trajectories: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
-    """Successful trajectories at or above the quality, confidence and reuse gates."""
-    kept, rejected = apply_gate(raw_trajectories, curation.gate())
-    return dg.Output(
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas"},
+    check_specs=[
+        dg.AssetCheckSpec("rows_pass_gate", asset="quality_gated",
+                          description="At least one trajectory passed the gate; otherwise says which conditions failed")
+    ],
+)
+def quality_gated(raw_trajectories: pd.DataFrame, curation: CurationSettings):
+    """Successful, in-scope trajectories at or above the quality, confidence and reuse gates; categories
+    resolved from the recorded one or the producer's domain (the domain map), the rest left to the classifier."""
+    kept, report = apply_gate(raw_trajectories, curation.gate())
+    per_condition = [
+        {"condition": c, "failing": report.failing[c], "charged_first": report.first_failing[c]} for c in report.failing
+    ]
+    yield dg.Output(
         kept,
         metadata={
             "dagster/row_count": len(kept),
-            "rows_in": len(raw_trajectories),
-            "kept_share": float(len(kept) / max(1, len(raw_trajectories))),
-            "rejected_by_reason": md_table(rejected, "reason"),
-            "gates": md_table(curation.gate().__dict__, "gate", "threshold"),
+            "rows_in": report.rows_in,
+            "kept_share": float(report.kept / max(1, report.rows_in)),
+            "explanation": report.explain(),
+            "failing_by_condition": md_records(per_condition),
+            **{f"failing/{c}": n for c, n in report.failing.items()},
+            "out_of_scope_domains": md_table(report.out_of_scope_domains, "domain"),
+            "failing_outcomes": md_table(report.outcomes, "outcome"),
+            "gates": md_table({k: v for k, v in curation.gate().__dict__.items() if k.startswith("min_")}, "gate", "threshold"),
+            "kept_by_category_source": md_table(counts(kept["category_source"]), "source"),
             "kept_by_model": md_table(counts(kept["model"]), "model"),
         },
+    )
+    yield dg.AssetCheckResult(
+        check_name="rows_pass_gate",
+        passed=report.kept > 0,
+        metadata={"kept": report.kept, "rows_in": report.rows_in, "explanation": report.explain(),
+                  **{f"failing/{c}": n for c, n in report.failing.items()}},
     )
 
 
@@ -76,10 +105,12 @@ def trajectory_embeddings(
     lancedb: LanceDBResource,
     curation: CurationSettings,
 ) -> dg.Output[pd.DataFrame]:
-    """One task embedding per kept trajectory: stored vectors reused when their model matches, others computed."""
+    """One task embedding per kept trajectory: a stored vector is reused when it embeds the task text with
+    the same model (agentic-qe's embed `name + description + tags` or `domain: task`); others are computed."""
     reusable = [
-        v is not None and same_model(m, curation.embedding_model) and len(v) == EMBEDDING_DIM
-        for v, m in zip(quality_gated["stored_embedding"], quality_gated["embedding_model"])
+        v is not None and same_model(m, curation.embedding_model) and len(v) == EMBEDDING_DIM and text in (None, "task")
+        for v, m, text in zip(quality_gated["stored_embedding"], quality_gated["embedding_model"],
+                              quality_gated["embedding_text"])
     ]
     vectors = np.zeros((len(quality_gated), EMBEDDING_DIM), dtype=np.float32)
     for i in np.flatnonzero(reusable):
@@ -96,7 +127,7 @@ def trajectory_embeddings(
         vectors[missing] = embed_texts(
             texts, model_name=curation.embedding_model, batch_size=curation.embedding_batch_size, progress=progress
         )
-    frame = quality_gated.drop(columns=["stored_embedding"]).assign(vector=list(vectors))
+    frame = quality_gated.drop(columns=["stored_embedding"]).assign(vector=list(vectors) if len(vectors) else [])
     # The embeddings table serves nearest-known-good lookups (routing) and sensors.
     db = lancedb.connect()
     table = pa.table(
@@ -114,6 +145,8 @@ def trajectory_embeddings(
             "dagster/row_count": len(frame),
             "reused_stored": int(np.sum(reusable)),
             "computed": int(len(missing)),
+            "stored_but_other_text": int(sum(v is not None and t not in (None, "task") for v, t in
+                                             zip(quality_gated["stored_embedding"], quality_gated["embedding_text"]))),
             "embedding_model": curation.embedding_model,
             "dim": EMBEDDING_DIM,
         },
@@ -123,7 +156,7 @@ def trajectory_embeddings(
 @dg.asset(group_name=GROUP, kinds={"numpy"})
 def deduplicated(trajectory_embeddings: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
     """Exact (normalized hash) and semantic (cosine >= threshold) duplicates removed; best member kept."""
-    vectors = np.stack(trajectory_embeddings["vector"].to_numpy()).astype(np.float32)
+    vectors = stacked_vectors(trajectory_embeddings)
     result = deduplicate(trajectory_embeddings, vectors, curation.dedup_threshold, seed=curation.seed)
     return dg.Output(
         result.kept,
@@ -142,30 +175,41 @@ def deduplicated(trajectory_embeddings: pd.DataFrame, curation: CurationSettings
 
 @dg.asset(group_name=GROUP, kinds={"scikitlearn"})
 def categorized(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
-    """Recorded categories kept; the rest assigned by an embedding classifier trained on the labeled rows."""
-    vectors = np.stack(deduplicated["vector"].to_numpy()).astype(np.float32)
+    """Categories from the record or the domain map kept; the rest assigned by an embedding classifier
+    trained on those rows. With fewer than two categories to learn from there is no classifier, and
+    unassigned rows are excluded and counted."""
+    vectors = stacked_vectors(deduplicated)
     labeled = deduplicated["category"].notna().to_numpy()
-    classifier, accuracy, held_out = train_classifier(
-        vectors[labeled], deduplicated.loc[labeled, "category"].tolist(), seed=curation.seed
-    )
-    predicted, confidence = classifier.predict(vectors[~labeled]) if (~labeled).any() else ([], np.array([]))
+    labels = deduplicated.loc[labeled, "category"].tolist()
     frame = deduplicated.copy()
-    frame["category_source"] = np.where(labeled, "recorded", "classifier")
-    frame.loc[~labeled, "category"] = predicted
-    path = qeforge_home() / "models" / "category_classifier" / "classifier.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    classifier.save(path)
+    frame.loc[~labeled, "category_source"] = "classifier"
+    metadata = {}
+    if len(set(labels)) >= 2:
+        classifier, accuracy, held_out = train_classifier(vectors[labeled], labels, seed=curation.seed)
+        predicted, confidence = classifier.predict(vectors[~labeled]) if (~labeled).any() else ([], np.array([]))
+        frame.loc[~labeled, "category"] = predicted
+        path = qeforge_home() / "models" / "category_classifier" / "classifier.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        classifier.save(path)
+        metadata = {
+            "classifier_heldout_accuracy": accuracy,
+            "classifier_heldout_rows": held_out,
+            "mean_assignment_confidence": float(confidence.mean()) if len(confidence) else 0.0,
+            "classifier_path": dg.MetadataValue.path(str(path)),
+        }
+    else:
+        context.log.warning(f"no classifier: labeled rows cover {sorted(set(labels))}, it needs two categories")
+        frame = frame[labeled].reset_index(drop=True)
     return dg.Output(
         frame,
         metadata={
             "dagster/row_count": len(frame),
             "recorded": int(labeled.sum()),
-            "assigned_by_classifier": int((~labeled).sum()),
-            "classifier_heldout_accuracy": accuracy,
-            "classifier_heldout_rows": held_out,
-            "mean_assignment_confidence": float(confidence.mean()) if len(confidence) else 0.0,
+            "by_source": md_table(counts(frame["category_source"]), "source"),
+            "assigned_by_classifier": int((frame["category_source"] == "classifier").sum()),
+            "excluded_no_classifier": int(len(deduplicated) - len(frame)),
             "by_category": md_table(counts(frame["category"]), "category"),
-            "classifier_path": dg.MetadataValue.path(str(path)),
+            **metadata,
         },
     )
 
@@ -188,7 +232,9 @@ def balanced(categorized: pd.DataFrame, curation: CurationSettings) -> dg.Output
 
 
 # The weekly refresh plus a day of slack: older than that, the UI flags the datasets as stale.
-@dg.asset(group_name=GROUP, kinds={"huggingface"}, freshness_policy=dg.FreshnessPolicy.time_window(
+# output_required=False: with no rows there is no version to write, and everything downstream
+# (base model, training) is skipped rather than failing on an empty dataset.
+@dg.asset(group_name=GROUP, kinds={"huggingface"}, output_required=False, freshness_policy=dg.FreshnessPolicy.time_window(
     fail_window=timedelta(days=8), warn_window=timedelta(days=7, hours=6)))
 def curated_datasets(
     context: dg.AssetExecutionContext,
@@ -199,9 +245,12 @@ def curated_datasets(
     curation: CurationSettings,
     dataset_store: DatasetStoreResource,
     lancedb: LanceDBResource,
-) -> dg.Output[dict]:
+):
     """Stratified 70/15/15 splits, near-duplicate groups kept together, saved as versioned HF datasets."""
-    vectors = np.stack(balanced["vector"].to_numpy()).astype(np.float32)
+    if balanced.empty:
+        context.log.warning("no rows reached the datasets, no version written: see the rows_pass_gate check and each step's row counts")
+        return
+    vectors = stacked_vectors(balanced)
     groups = leakage_groups(vectors, curation.leakage_threshold, seed=curation.seed)
     split = assign_splits(balanced, groups, tuple(curation.split_ratios), seed=curation.seed)
     frame = balanced.assign(group=[balanced["id"].iloc[g] for g in groups], split=split.to_numpy())
@@ -209,7 +258,7 @@ def curated_datasets(
     splits = {c: {s: int(((frame["category"] == c) & (frame["split"] == s)).sum()) for s in ("train", "validation", "test")} for c in CATEGORIES}
     quarantine = store.quarantine(lancedb.connect()).to_arrow().select(["reason"]).to_pandas()
     recorded_gated = quality_gated["category"].value_counts()
-    recorded_kept = categorized[categorized["category_source"] == "recorded"]["category"].value_counts()
+    recorded_kept = categorized[categorized["category_source"] != "classifier"]["category"].value_counts()
     after_dedup = categorized["category"].value_counts()
     report = {
         c: {
@@ -243,7 +292,7 @@ def curated_datasets(
     train = frame[frame["split"] == "train"]
     store.write_known_good(lancedb.connect(), train["id"], train["category"], train["quality"],
                            np.stack(train["vector"].to_numpy()), version)
-    return dg.Output(
+    yield dg.Output(
         {"version": version, "path": str(path), "splits": splits},
         metadata={
             "dataset_version": version,

@@ -10,7 +10,8 @@ from pydantic import Field
 
 from qeforge import store
 from qeforge.categories import DEFAULT_MIX
-from qeforge.curation.gate import GateThresholds
+from qeforge.curation.domains import AQE_DOMAIN_CATEGORIES, TASK_PATTERNS
+from qeforge.curation.gate import GateRules
 from qeforge.embedding import EMBEDDING_MODEL
 from qeforge.locations import default_locations, is_uri, project_path, qeforge_home
 
@@ -95,6 +96,14 @@ class CurationSettings(dg.ConfigurableResource):
     min_quality: float = 0.8
     min_confidence: float = 0.8
     min_usage_count: int = 3
+    domain_categories: dict[str, str | None] = Field(
+        default_factory=lambda: dict(AQE_DOMAIN_CATEGORIES),
+        description='producer domain -> category, "by-task" (task text decides), or null (out of scope); '
+        "domains not named go to the classifier",
+    )
+    category_task_patterns: dict[str, str] = Field(
+        default_factory=lambda: dict(TASK_PATTERNS), description='category -> regex on the task, for "by-task" domains'
+    )
     dedup_threshold: float = Field(default=0.95, description="cosine at or above which two tasks are duplicates")
     leakage_threshold: float = Field(
         default=0.90, description="cosine at or above which rows must share a split (below dedup, for margin)"
@@ -108,8 +117,10 @@ class CurationSettings(dg.ConfigurableResource):
     embedding_batch_size: int = 64
     seed: int = 0
 
-    def gate(self) -> GateThresholds:
-        return GateThresholds(self.min_quality, self.min_confidence, self.min_usage_count)
+    def gate(self) -> GateRules:
+        return GateRules(
+            self.min_quality, self.min_confidence, self.min_usage_count, self.domain_categories, self.category_task_patterns
+        )
 
 
 class TrainingSettings(dg.ConfigurableResource):

@@ -27,7 +27,9 @@ SYSTEM_PROMPTS: dict[str, str] = {
     "code-review": "You are a QE agent. Review the given diff and comment on its problems.",
 }
 
-OUTCOMES: tuple[str, ...] = ("success", "failure", "partial", "skipped")
+# "unknown": nothing observed yet, e.g. an agentic-qe pattern that was never used (its
+# success_rate column then reads 0.0 by default, which is not a failure).
+OUTCOMES: tuple[str, ...] = ("success", "failure", "partial", "skipped", "unknown")
 
 
 def registered_model_name(category: str) -> str:

@@ -20,11 +20,29 @@ def _db():
 
 def _print_summary(summary: dict) -> None:
     print(
-        f"{summary['source']}: read {summary['read']}, imported {summary['imported']}, "
+        f"{summary['source']}: read {summary['read']}, imported {summary['imported']}, updated {summary['updated']}, "
         f"already present {summary['already_present']}, quarantined {summary['quarantined']}"
     )
     for reason, n in summary["quarantined_by_reason"].items():
         print(f"  quarantined {reason}: {n}")
+    for table, t in summary.get("by_table", {}).items():
+        if "joined" in t:
+            print(f"  {table:24} read {t['read']:>5}, joined into trajectories {t['joined']:>5}")
+        else:
+            reasons = ", ".join(f"{r} {n}" for r, n in t["quarantined_by_reason"].items())
+            print(f"  {table:24} read {t['read']:>5}, imported {t['imported']:>5}, updated {t['updated']:>3}, "
+                  f"quarantined {t['quarantined']:>4}" + (f" ({reasons})" if reasons else ""))
+
+
+def gate_report(db):
+    """The curation gate (default CurationSettings) over everything stored: what would pass, and why not."""
+    from pipelines.resources import CurationSettings
+    from qeforge import store
+    from qeforge.curation.gate import apply_gate
+
+    columns = ["id", "task", "category", "domain", "outcome", "quality", "confidence", "usage_count"]
+    frame = store.trajectories(db).to_arrow().select(columns).to_pandas()
+    return apply_gate(frame, CurationSettings().gate())[1]
 
 
 def cmd_info(args) -> int:
@@ -46,10 +64,11 @@ def cmd_import(args) -> int:
         return 2
     try:
         summary = (import_jsonl if args.format == "jsonl" else import_agentic_qe)(_db(), path)
-    except ValueError as err:  # not an agentic-qe database, unreadable file
+    except (ValueError, FileNotFoundError) as err:  # not an agentic-qe database, unreadable file
         print(f"error: {err}", file=sys.stderr)
         return 2
     _print_summary(summary.as_dict())
+    print(f"curation gate: {gate_report(_db()).explain()}")
     return 0
 
 
@@ -72,7 +91,9 @@ def cmd_datasets_show(args) -> int:
     root = Path(default_locations().datasets_dir)
     manifest = load_manifest(root)
     if manifest is None:
-        print("no dataset version yet: materialize the curation assets (`qeforge run`)", file=sys.stderr)
+        report = gate_report(_db())
+        why = "" if report.kept else f" and none can be made from what is stored: {report.explain()}"
+        print(f"no dataset version yet{why}; materialize the curation assets (`qeforge run`)", file=sys.stderr)
         return 1
     manifest["path"] = str(root / manifest["version"])
     if args.json:

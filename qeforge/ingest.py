@@ -1,16 +1,15 @@
 """Import trajectories into LanceDB: every row is either stored or quarantined with a reason.
 
-Idempotent by id: a row whose id is already stored with the same content is
-skipped; the same id with different content is quarantined as `conflicting_id`.
-Quarantined raw rows are keyed by the hash of their text, so re-importing a file
-adds nothing anywhere.
+Idempotent by id: a row whose id is already stored with the same content is skipped. The same id
+with different content is an update when it is newer (a later `updated_at`, or without one a higher
+`usage_count`): the stored row is replaced and the old version kept in `trajectory_history`. Otherwise
+it is quarantined as `conflicting_id`. Quarantined raw rows are keyed by the hash of their text, so
+re-importing a file adds nothing anywhere.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,15 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from qeforge import store
-from qeforge.categories import CATEGORIES
-from qeforge.schema import (
-    QUARANTINE_SCHEMA,
-    TRAJECTORY_SCHEMA,
-    InvalidRow,
-    content_hash,
-    raw_key,
-    validate_row,
-)
+from qeforge.schema import QUARANTINE_SCHEMA, InvalidRow, content_hash, raw_key, validate_row
 
 
 @dataclass
@@ -35,8 +26,10 @@ class ImportSummary:
     source: str
     read: int = 0
     imported: int = 0
+    updated: int = 0
     already_present: int = 0
     quarantined: Counter = field(default_factory=Counter)
+    by_table: dict[str, dict] = field(default_factory=dict)  # per source table (agentic-qe), when known
 
     @property
     def quarantined_total(self) -> int:
@@ -47,24 +40,57 @@ class ImportSummary:
             "source": self.source,
             "read": self.read,
             "imported": self.imported,
+            "updated": self.updated,
             "already_present": self.already_present,
             "quarantined": self.quarantined_total,
             "quarantined_by_reason": dict(sorted(self.quarantined.items())),
+            **({"by_table": self.by_table} if self.by_table else {}),
         }
 
+    def add(self, other: "ImportSummary") -> None:
+        self.read += other.read
+        self.imported += other.imported
+        self.updated += other.updated
+        self.already_present += other.already_present
+        self.quarantined.update(other.quarantined)
 
-def _stored_hashes(db) -> dict[str, str]:
-    table = store.trajectories(db).to_arrow().select(["id", "content_hash"])
-    return dict(zip(table["id"].to_pylist(), table["content_hash"].to_pylist()))
+
+@dataclass(frozen=True)
+class StoredVersion:
+    content_hash: str
+    updated_at: datetime | None
+    usage_count: int
+
+
+def _stored_versions(db) -> dict[str, StoredVersion]:
+    table = store.trajectories(db).to_arrow().select(["id", "content_hash", "updated_at", "usage_count"])
+    return {
+        i: StoredVersion(h, u, n or 0)
+        for i, h, u, n in zip(*(table[c].to_pylist() for c in ("id", "content_hash", "updated_at", "usage_count")))
+    }
+
+
+def is_newer(row: dict, stored: StoredVersion) -> bool:
+    """An incoming version of a stored id is an update when its updated_at is later; when neither
+    carries a timestamp, when it has been used more often (agentic-qe bumps usage in place)."""
+    if row["updated_at"] is not None and stored.updated_at is not None:
+        return row["updated_at"] > stored.updated_at
+    if row["updated_at"] is not None:
+        return True
+    return stored.updated_at is None and (row["usage_count"] or 0) > stored.usage_count
 
 
 def import_records(db, records: list[tuple[str, object]], source: str) -> ImportSummary:
-    """Import (raw_text, parsed_or_exception) pairs. `parsed` is the decoded row or the decode error."""
+    """Import (raw_text, parsed) pairs. `parsed` is the decoded row, an `InvalidRow` the reader already
+    knows the reason for (e.g. `no_answer`), or the decode error."""
     summary = ImportSummary(source=source)
-    stored = _stored_hashes(db)
+    stored = _stored_versions(db)
+    in_table = set(stored)
     known_quarantine = set(store.quarantine(db).to_arrow()["key"].to_pylist())
     now = datetime.now(timezone.utc)
-    good: list[dict] = []
+    new: dict[str, dict] = {}  # id -> row, for ids not yet in the table
+    updated: dict[str, dict] = {}  # id -> row, replacing the stored version
+    superseded: list[dict] = []  # earlier versions of one id within this import: kept in history
     bad: list[dict] = []
 
     def reject(raw: str, reason: str, detail: str, row_id: str | None = None):
@@ -81,29 +107,33 @@ def import_records(db, records: list[tuple[str, object]], source: str) -> Import
 
     for raw, parsed in records:
         summary.read += 1
-        if isinstance(parsed, Exception):
+        if isinstance(parsed, Exception) and not isinstance(parsed, InvalidRow):
             reject(raw, "malformed_json", str(parsed))
             continue
         try:
+            if isinstance(parsed, InvalidRow):
+                raise parsed
             row = validate_row(parsed)
         except InvalidRow as err:
-            row_id = parsed.get("id") if isinstance(parsed, dict) and isinstance(parsed.get("id"), str) else None
+            row_id = parsed.get("id") if isinstance(parsed, dict) and isinstance(parsed.get("id"), str) else err.row_id
             reject(raw, err.reason, err.detail, row_id)
             continue
         digest = content_hash(row)
         previous = stored.get(row["id"])
-        if previous == digest:
+        if previous is not None and previous.content_hash == digest:
             summary.already_present += 1
             continue
-        if previous is not None:
-            reject(raw, "conflicting_id", f"id {row['id']} already stored with different content", row["id"])
+        if previous is not None and not is_newer(row, previous):
+            reject(raw, "conflicting_id", f"id {row['id']} already stored with different content and not newer", row["id"])
             continue
-        stored[row["id"]] = digest
-        good.append({**row, "source": source, "content_hash": digest})
-        summary.imported += 1
+        stored[row["id"]] = StoredVersion(digest, row["updated_at"], row["usage_count"])
+        pending = updated if row["id"] in in_table else new
+        if row["id"] in pending:
+            superseded.append(pending[row["id"]])
+        pending[row["id"]] = {**row, "source": source, "content_hash": digest}
 
-    if good:
-        store.trajectories(db).add(pa.Table.from_pylist(good, schema=TRAJECTORY_SCHEMA))
+    summary.imported, summary.updated = len(new), len(updated)
+    store.add_trajectories(db, list(new.values()), list(updated.values()), superseded, superseded_at=now)
     if bad:
         store.quarantine(db).add(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
     return summary
@@ -129,134 +159,22 @@ def import_jsonl(db, path: str | Path) -> ImportSummary:
     return import_records(db, read_jsonl(path), source=f"jsonl:{path.name}")
 
 
-# --- agentic-qe memory.db -------------------------------------------------------------
-# agentic-qe keeps its ReasoningBank in one SQLite file (.agentic-qe/memory.db):
-# `qe_patterns` (+ vectors in `qe_pattern_embeddings`) and `captured_experiences`.
-# Both map onto the trajectory schema; the mapping is documented in the README.
-
-AQE_DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # agentic-qe's column default
-AQE_DEFAULT_CONFIDENCE = 0.5  # agentic-qe's column default when nothing was recorded
-
-
-def _blob_to_vector(blob: bytes | None) -> list[float] | None:
-    if not blob:
-        return None
-    return list(struct.unpack(f"<{len(blob) // 4}f", blob[: len(blob) // 4 * 4]))
-
-
-def _json_or_empty(text: str | None) -> dict:
-    try:
-        value = json.loads(text) if text else {}
-    except json.JSONDecodeError:
-        return {"unparsed": text}
-    return value if isinstance(value, dict) else {"value": value}
-
-
-def _output_text(result: dict, fallback: str | None) -> str | None:
-    for key in ("output", "content", "result", "text", "summary"):
-        if isinstance(result.get(key), str):
-            return result[key]
-    return fallback
-
-
-def _tables(conn) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
-
-def _columns(conn, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _pattern_rows(conn) -> list[dict]:
-    embeddings = {}
-    if "qe_pattern_embeddings" in _tables(conn):
-        for pid, blob, dim, model in conn.execute(
-            "SELECT pattern_id, embedding, dimension, model FROM qe_pattern_embeddings"
-        ):
-            embeddings[pid] = (_blob_to_vector(blob), dim, model)
-    rows = []
-    for r in conn.execute("SELECT * FROM qe_patterns"):
-        r = dict(r)
-        template = _json_or_empty(r.get("template_json"))
-        context = _json_or_empty(r.get("context_json"))
-        vector, dim, model = embeddings.get(r["id"], (None, None, None))
-        domain = r.get("qe_domain") or r.get("domain") or ""
-        rows.append(
-            dict(
-                id=r["id"],
-                task=context.get("task") or "\n".join(filter(None, [r.get("name"), r.get("description")])),
-                output=_output_text(template, r.get("template_json")),
-                category=domain if domain in CATEGORIES else None,
-                domain=domain,
-                agent=context.get("agent") or r.get("pattern_type"),
-                model=context.get("model") or "unknown",
-                outcome="success" if (r.get("success_rate") or 0) >= 0.5 else "failure",
-                quality=r.get("quality_score"),
-                confidence=r.get("confidence"),
-                usage_count=r.get("usage_count"),
-                success_count=r.get("successful_uses"),
-                input_tokens=r.get("input_tokens"),
-                output_tokens=r.get("output_tokens"),
-                latency_ms=r.get("latency_ms"),
-                embedding=vector,
-                embedding_dim=dim,
-                embedding_model=model,
-                created_at=r.get("created_at"),
-                metadata={"aqe_table": "qe_patterns", "tier": r.get("tier"), "pattern_type": r.get("pattern_type")},
-            )
-        )
-    return rows
-
-
-def _experience_rows(conn) -> list[dict]:
-    columns = _columns(conn, "captured_experiences")
-    rows = []
-    for r in conn.execute("SELECT * FROM captured_experiences"):
-        r = dict(r)
-        routing = _json_or_empty(r.get("routing_json"))
-        result = _json_or_empty(r.get("result_json"))
-        domain = r.get("domain") or ""
-        blob = r.get("embedding") if "embedding" in columns else None
-        rows.append(
-            dict(
-                id=r["id"],
-                task=r.get("task"),
-                output=_output_text(result, r.get("result_json")),
-                category=domain if domain in CATEGORIES else None,
-                domain=domain,
-                agent=r.get("agent"),
-                model=routing.get("model") or "unknown",
-                outcome="success" if r.get("success") else ("failure" if r.get("error") else "partial"),
-                quality=r.get("quality"),
-                confidence=routing.get("confidence", AQE_DEFAULT_CONFIDENCE),
-                usage_count=r.get("application_count", 0),
-                success_count=r.get("reuse_success_count", 0),
-                latency_ms=r.get("duration_ms"),
-                embedding=_blob_to_vector(blob),
-                embedding_dim=r.get("embedding_dimension") if blob else None,
-                embedding_model=AQE_DEFAULT_EMBEDDING_MODEL if blob else None,
-                created_at=r.get("completed_at") or r.get("started_at"),
-                metadata={"aqe_table": "captured_experiences", "model_tier": r.get("model_tier"), "source": r.get("source")},
-            )
-        )
-    return rows
-
-
 def import_agentic_qe(db, path: str | Path) -> ImportSummary:
+    """Import an agentic-qe memory.db (read from a consistent snapshot; the live store is never written)."""
+    from qeforge.agentic_qe import TRAJECTORY_TABLES, is_agentic_qe_store, read_store, snapshot
+
     path = Path(path)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
+    conn = snapshot(path)
     try:
-        tables = _tables(conn)
-        if not tables & {"qe_patterns", "captured_experiences"}:
-            raise ValueError(f"{path} has neither qe_patterns nor captured_experiences: not an agentic-qe memory.db")
-        rows = (_pattern_rows(conn) if "qe_patterns" in tables else []) + (
-            _experience_rows(conn) if "captured_experiences" in tables else []
-        )
+        if not is_agentic_qe_store(conn):
+            raise ValueError(f"{path} has none of {', '.join(TRAJECTORY_TABLES)}: not an agentic-qe memory.db")
+        records, joined = read_store(conn)
     finally:
         conn.close()
-    records = []
-    for row in rows:
-        row = {k: v for k, v in row.items() if v is not None}
-        records.append((json.dumps(row, sort_keys=True, default=str), row))
-    return import_records(db, records, source=f"agentic-qe:{path.name}")
+    summary = ImportSummary(source=f"agentic-qe:{path.name}")
+    for table, table_records in records.items():
+        part = import_records(db, table_records, source=f"agentic-qe:{path.name}:{table}")
+        summary.add(part)
+        summary.by_table[table] = {k: v for k, v in part.as_dict().items() if k != "source"}
+    summary.by_table.update(joined)
+    return summary

@@ -69,6 +69,13 @@ def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = Fals
     if not result.success:
         return 1
     checks = list(result.get_asset_check_evaluations())
+    if not result.asset_materializations_for_node("curated_datasets"):
+        for check in checks:
+            if not check.passed:
+                why = check.metadata.get("explanation") or check.metadata.get("reason")
+                print(f"  check {check.check_name} FAILED" + (f": {why.value}" if why else ""))
+        print("curation wrote no dataset version: nothing to train (see the checks above)")
+        return 1
     for category in CATEGORIES:
         started = time.time()
         run = defs.resolve_job_def("category").execute_in_process(

@@ -21,6 +21,19 @@ from qeforge.categories import CATEGORIES, OUTCOMES
 # Embedding sizes seen in the wild: MiniLM 384, nomic/bge-base 768, bge-large/e5-large 1024.
 EMBEDDING_DIMS: tuple[int, ...] = (384, 768, 1024)
 
+# One step of a step-by-step trajectory (agentic-qe's trajectory_steps, ruvllm's TrajectoryStep).
+STEP_TYPE = pa.struct(
+    [
+        pa.field("action", pa.string()),
+        pa.field("outcome", pa.string()),
+        pa.field("quality", pa.float64()),
+        pa.field("duration_ms", pa.float64()),
+        pa.field("tokens", pa.int64()),
+        pa.field("error", pa.string()),
+        pa.field("result", pa.string()),  # the step's result data as JSON text
+    ]
+)
+
 TRAJECTORY_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -44,7 +57,13 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("embedding", pa.list_(pa.float32())),
         pa.field("embedding_model", pa.string()),
         pa.field("embedding_dim", pa.int32()),
+        # What the stored vector embeds: "task" (the task text) or the producer's own text, e.g.
+        # agentic-qe's "name + description + tags". Curation reuses a vector only for the task.
+        pa.field("embedding_text", pa.string()),
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        # A newer updated_at for a stored id is an update (the old version goes to history), not a conflict.
+        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+        pa.field("steps", pa.list_(STEP_TYPE)),  # step-by-step trajectories, in order
         pa.field("metadata", pa.string()),  # JSON object as text
         pa.field("source", pa.string()),  # which import brought the row in
         pa.field("content_hash", pa.string()),  # tells a re-import from a conflicting id
@@ -64,16 +83,17 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 REQUIRED_TEXT = ("id", "task", "output", "model")
-OPTIONAL_TEXT = ("domain", "agent", "language", "framework", "embedding_model")
+OPTIONAL_TEXT = ("domain", "agent", "language", "framework")
 UNIT_RANGE = ("quality", "confidence")  # required, 0..1
 COUNTS = ("usage_count", "success_count", "input_tokens", "output_tokens")
 
 
 class InvalidRow(ValueError):
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, row_id: str | None = None):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.row_id = row_id
 
 
 def _number(row: dict, name: str, *, required: bool) -> float | None:
@@ -112,14 +132,14 @@ def _text(row: dict, name: str, *, required: bool) -> str | None:
     return value
 
 
-def _timestamp(value: Any) -> datetime | None:
+def _timestamp(value: Any, name: str = "created_at") -> datetime | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise InvalidRow("wrong_type:created_at", "created_at must be ISO-8601 text or epoch seconds")
+        raise InvalidRow(f"wrong_type:{name}", f"{name} must be ISO-8601 text or epoch seconds")
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
-            raise InvalidRow("non_finite:created_at", f"created_at is {value}")
+            raise InvalidRow(f"non_finite:{name}", f"{name} is {value}")
         # agentic-qe writes epoch milliseconds in some tables; 1e11 s is the year 5138.
         seconds = value / 1000 if value > 1e11 else value
         return datetime.fromtimestamp(seconds, tz=timezone.utc)
@@ -127,9 +147,31 @@ def _timestamp(value: Any) -> datetime | None:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise InvalidRow("wrong_type:created_at", f"cannot parse timestamp {value!r}") from None
+            raise InvalidRow(f"wrong_type:{name}", f"cannot parse timestamp {value!r}") from None
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-    raise InvalidRow("wrong_type:created_at", "created_at must be ISO-8601 text or epoch seconds")
+    raise InvalidRow(f"wrong_type:{name}", f"{name} must be ISO-8601 text or epoch seconds")
+
+
+def _steps(value: Any) -> list[dict] | None:
+    """Steps in order: each an object with `action` and `outcome`; the other step fields are optional."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(s, dict) for s in value):
+        raise InvalidRow("wrong_type:steps", "steps must be a list of objects")
+    steps = []
+    for step in value:
+        out = {name: _text(step, name, required=True) for name in ("action", "outcome")}
+        out["error"] = _text(step, "error", required=False)
+        result = step.get("result")
+        out["result"] = None if result is None else result if isinstance(result, str) else json.dumps(result, sort_keys=True)
+        for name in ("quality", "duration_ms"):
+            out[name] = _number(step, name, required=False)
+        tokens = _count(step, "tokens")
+        out["tokens"] = tokens
+        if out["quality"] is not None and not 0.0 <= out["quality"] <= 1.0:
+            raise InvalidRow("out_of_range:steps", f"step quality must be in [0, 1], got {out['quality']}")
+        steps.append(out)
+    return steps
 
 
 def _embedding(row: dict) -> tuple[list[float] | None, str | None, int | None]:
@@ -155,6 +197,12 @@ def _embedding(row: dict) -> tuple[list[float] | None, str | None, int | None]:
     return [float(x) for x in vector], model, dim
 
 
+def _embedding_text(row: dict) -> str | None:
+    if row.get("embedding") is None:
+        return None
+    return _text(row, "embedding_text", required=False) or "task"
+
+
 def validate_row(row: Any) -> dict:
     """Return the row normalized to TRAJECTORY_SCHEMA (minus source/content_hash) or raise InvalidRow."""
     if not isinstance(row, dict):
@@ -162,7 +210,7 @@ def validate_row(row: Any) -> dict:
     out: dict[str, Any] = {}
     for name in REQUIRED_TEXT:
         out[name] = _text(row, name, required=True)
-    for name in OPTIONAL_TEXT[:-1]:
+    for name in OPTIONAL_TEXT:
         out[name] = _text(row, name, required=False) or ""
 
     category = _text(row, "category", required=False)
@@ -196,7 +244,10 @@ def validate_row(row: Any) -> dict:
     out["latency_ms"] = latency
 
     out["embedding"], out["embedding_model"], out["embedding_dim"] = _embedding(row)
+    out["embedding_text"] = _embedding_text(row)
     out["created_at"] = _timestamp(row.get("created_at"))
+    out["updated_at"] = _timestamp(row.get("updated_at"), "updated_at")
+    out["steps"] = _steps(row.get("steps"))
     metadata = row.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidRow("wrong_type:metadata", "metadata must be a JSON object")

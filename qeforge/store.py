@@ -1,5 +1,6 @@
-"""LanceDB tables of the ReasoningBank: `trajectories`, `quarantine`, `embeddings`, and
-`known_good` (the current dataset version's training rows, which the router's similarity signal searches)."""
+"""LanceDB tables of the ReasoningBank: `trajectories`, `trajectory_history` (the versions an update
+replaced), `quarantine`, `embeddings`, and `known_good` (the current dataset version's training rows,
+which the router's similarity signal searches)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import numpy as np
 import pyarrow as pa
 from qeforge.schema import QUARANTINE_SCHEMA, TRAJECTORY_SCHEMA
 
+HISTORY_SCHEMA = TRAJECTORY_SCHEMA.append(pa.field("superseded_at", pa.timestamp("us", tz="UTC")))
+
 TRAJECTORIES = "trajectories"
+HISTORY = "trajectory_history"
 QUARANTINE = "quarantine"
 EMBEDDINGS = "embeddings"
 KNOWN_GOOD = "known_good"
@@ -32,6 +36,34 @@ def trajectories(db):
 def quarantine(db):
     return open_table(db, QUARANTINE, QUARANTINE_SCHEMA)
 
+
+def history(db):
+    return open_table(db, HISTORY, HISTORY_SCHEMA)
+
+
+def _id_filter(ids) -> str:
+    quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+    return f"id IN ({quoted})"
+
+
+def add_trajectories(db, new: list[dict], updated: list[dict], superseded: list[dict], superseded_at) -> None:
+    """Append `new` rows and replace stored rows by id with `updated`. The versions replaced (stored
+    ones, and `superseded` earlier versions from the same import) go to `trajectory_history` first:
+    a crash in between leaves the old row in place, and re-importing redoes the update."""
+    table = trajectories(db)
+    old = pa.Table.from_pylist(superseded, schema=TRAJECTORY_SCHEMA)
+    if updated:
+        ids = [r["id"] for r in updated]
+        stored = table.search().where(_id_filter(ids)).limit(len(ids)).to_arrow()
+        old = pa.concat_tables([old, stored.select(TRAJECTORY_SCHEMA.names).cast(TRAJECTORY_SCHEMA)])
+    if old.num_rows:
+        stamp = pa.array([superseded_at] * old.num_rows, HISTORY_SCHEMA.field("superseded_at").type)
+        history(db).add(old.append_column(HISTORY_SCHEMA.field("superseded_at"), stamp))
+    if updated:
+        data = pa.Table.from_pylist(updated, schema=TRAJECTORY_SCHEMA)
+        table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+    if new:
+        table.add(pa.Table.from_pylist(new, schema=TRAJECTORY_SCHEMA))
 
 
 def write_known_good(db, ids, categories, qualities, vectors, dataset_version: str):

@@ -13,7 +13,7 @@ from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBR
 from qeforge import store
 from qeforge.categories import CATEGORIES
 from qeforge.curation.freshness import new_eligible_counts
-from qeforge.curation.gate import GateThresholds
+from qeforge.curation.gate import GateRules
 from qeforge.ingest import import_records
 
 
@@ -23,10 +23,10 @@ def test_new_eligible_counts_subtract_what_the_current_version_already_saw():
         {"category": "code-review", "outcome": "success", "quality": 0.9, "confidence": 0.9, "usage_count": 5},
         {"category": "code-review", "outcome": "failure", "quality": 0.9, "confidence": 0.9, "usage_count": 5},
         {"category": "flaky-detection", "outcome": "success", "quality": 0.5, "confidence": 0.9, "usage_count": 5},
-    ])
-    assert new_eligible_counts(frame, None, GateThresholds())["code-review"] == 2
+    ]).assign(domain="", task="a task")
+    assert new_eligible_counts(frame, None, GateRules())["code-review"] == 2
     manifest = {"report": {"code-review": {"gated_recorded": 1}}}
-    counts = new_eligible_counts(frame, manifest, GateThresholds())
+    counts = new_eligible_counts(frame, manifest, GateRules())
     assert counts == {c: (1 if c == "code-review" else 0) for c in CATEGORIES}
 
 

@@ -9,7 +9,7 @@ from qeforge.curation.balance import balance
 from qeforge.curation.categorize import CategoryClassifier, train_classifier
 from qeforge.curation.dedup import deduplicate
 from qeforge.curation.export import content_version, dataset_records
-from qeforge.curation.gate import GateThresholds, apply_gate
+from qeforge.curation.gate import GateRules, apply_gate
 from qeforge.curation.neighbors import brute_force_pairs, ivf_pairs
 from qeforge.curation.split import assign_splits, leakage_groups
 
@@ -42,9 +42,12 @@ def frame(n, **cols):
 def test_gate_rejects_by_first_failing_reason():
     f = frame(5, outcome=["success", "failure", "success", "success", "success"],
               quality=[0.9, 0.95, 0.7, 0.9, 0.9], confidence=[0.9, 0.9, 0.9, 0.5, 0.9], usage_count=[3, 9, 9, 9, 2])
-    kept, rejected = apply_gate(f, GateThresholds())
+    kept, report = apply_gate(f.assign(domain=""), GateRules())
     assert kept["id"].tolist() == ["r0000"]
-    assert rejected == {"outcome_not_success": 1, "quality_below_min": 1, "confidence_below_min": 1, "usage_below_min": 1}
+    assert report.first_failing == {"out_of_scope": 0, "outcome_not_success": 1, "quality_below_min": 1,
+                                    "confidence_below_min": 1, "usage_below_min": 1}
+    assert report.failing == report.first_failing  # each rejected row fails exactly one condition here
+    assert report.explain().startswith("1 of 5 trajectories passed the gate")
 
 
 def test_ivf_pairs_match_brute_force_on_planted_near_duplicates():

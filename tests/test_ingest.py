@@ -1,12 +1,10 @@
 import json
 import math
-import sqlite3
-import struct
 
 import pytest
 
 from qeforge import store
-from qeforge.ingest import import_agentic_qe, import_jsonl
+from qeforge.ingest import import_jsonl
 from qeforge.schema import InvalidRow, validate_row
 from tests.conftest import good_row
 
@@ -85,63 +83,37 @@ def test_validate_row_normalizes_optional_fields():
     assert err.value.reason == "out_of_range:success_count"
 
 
-def _aqe_db(path):
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        """
-        CREATE TABLE qe_patterns (id TEXT PRIMARY KEY, pattern_type TEXT NOT NULL, qe_domain TEXT NOT NULL,
-          domain TEXT NOT NULL, name TEXT NOT NULL, description TEXT, confidence REAL DEFAULT 0.5,
-          usage_count INTEGER DEFAULT 0, success_rate REAL DEFAULT 0.0, quality_score REAL DEFAULT 0.0,
-          tier TEXT DEFAULT 'short-term', template_json TEXT, context_json TEXT, created_at TEXT,
-          successful_uses INTEGER DEFAULT 0, input_tokens INTEGER, output_tokens INTEGER, latency_ms REAL);
-        CREATE TABLE qe_pattern_embeddings (pattern_id TEXT PRIMARY KEY, embedding BLOB NOT NULL,
-          dimension INTEGER NOT NULL, model TEXT DEFAULT 'all-MiniLM-L6-v2');
-        CREATE TABLE captured_experiences (id TEXT PRIMARY KEY, task TEXT NOT NULL, agent TEXT NOT NULL,
-          domain TEXT NOT NULL DEFAULT '', success INTEGER NOT NULL DEFAULT 0, quality REAL NOT NULL DEFAULT 0.5,
-          duration_ms INTEGER NOT NULL DEFAULT 0, model_tier INTEGER, routing_json TEXT, steps_json TEXT,
-          result_json TEXT, error TEXT, started_at TEXT, completed_at TEXT, source TEXT,
-          application_count INTEGER DEFAULT 0, reuse_success_count INTEGER DEFAULT 0,
-          embedding BLOB, embedding_dimension INTEGER);
-        """
-    )
-    conn.execute(
-        "INSERT INTO qe_patterns VALUES ('p1','test-template','test-generation','test-generation','parse dates',"
-        "'tests for a date parser',0.9,7,0.9,0.92,'long-term',?,?,'2026-09-01 10:00:00',6,100,200,1500)",
-        (json.dumps({"content": "def test_parse(): ..."}), json.dumps({"model": "claude-sonnet-4-6"})),
-    )
-    conn.execute(
-        "INSERT INTO qe_pattern_embeddings VALUES ('p1', ?, 384, 'all-MiniLM-L6-v2')",
-        (struct.pack("<384f", *([0.05] * 384)),),
-    )
-    conn.execute(
-        "INSERT INTO captured_experiences (id, task, agent, domain, success, quality, duration_ms, routing_json,"
-        " result_json, completed_at, application_count, reuse_success_count) VALUES"
-        " ('e1','review this diff','qe-code-reviewer','code-review',1,0.88,900,?,?,'2026-09-02 11:00:00',4,3)",
-        (json.dumps({"model": "claude-sonnet-4-6", "confidence": 0.91}), json.dumps({"output": "Line 3: bare except"})),
-    )
-    # quality 1.5 is out of range: it must reach quarantine, not crash the import.
-    conn.execute(
-        "INSERT INTO captured_experiences (id, task, agent, domain, success, quality, result_json) VALUES"
-        " ('e2','flaky?','qe-flaky-hunter','flaky-detection',1,1.5,'{\"output\": \"Verdict: flaky\"}')"
-    )
-    conn.commit()
-    conn.close()
 
 
-def test_agentic_qe_memory_db(db, tmp_path):
-    path = tmp_path / "memory.db"
-    _aqe_db(path)
-    summary = import_agentic_qe(db, path)
-    assert (summary.read, summary.imported, summary.quarantined["out_of_range:quality"]) == (3, 2, 1)
-    rows = store.trajectories(db).to_pandas().set_index("id")
-    assert rows.loc["p1", "output"] == "def test_parse(): ..."
-    assert rows.loc["p1", "embedding_dim"] == 384 and rows.loc["p1", "usage_count"] == 7
-    assert rows.loc["e1", "confidence"] == pytest.approx(0.91) and rows.loc["e1", "category"] == "code-review"
-    assert import_agentic_qe(db, path).imported == 0  # idempotent
+def test_a_newer_version_updates_and_keeps_the_old_one_in_history(db, tmp_path):
+    v1 = good_row(1, updated_at="2026-10-01T12:00:00Z", usage_count=5)
+    v2 = good_row(1, updated_at="2026-10-02T12:00:00Z", usage_count=6)
+    import_jsonl(db, write_lines(tmp_path / "v1.jsonl", [json.dumps(v1)]))
+    summary = import_jsonl(db, write_lines(tmp_path / "v2.jsonl", [json.dumps(v2)]))
+    assert (summary.updated, summary.imported, summary.quarantined_total) == (1, 0, 0)
+    assert store.trajectories(db).to_pandas()["usage_count"].tolist() == [6]
+    assert store.history(db).to_pandas()["usage_count"].tolist() == [5]
+    # An older version arriving late is a conflict, and the newer row stands.
+    older = import_jsonl(db, write_lines(tmp_path / "v0.jsonl", [json.dumps(good_row(1, updated_at="2026-09-01T00:00:00Z"))]))
+    assert older.quarantined["conflicting_id"] == 1
+    assert store.trajectories(db).to_pandas()["usage_count"].tolist() == [6]
 
 
-def test_agentic_qe_rejects_other_sqlite(db, tmp_path):
-    path = tmp_path / "other.db"
-    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()
-    with pytest.raises(ValueError, match="not an agentic-qe"):
-        import_agentic_qe(db, path)
+def test_two_versions_in_one_file_keep_the_newer_and_lose_nothing(db, tmp_path):
+    lines = [json.dumps(good_row(1, usage_count=5)), json.dumps(good_row(1, usage_count=8, success_count=7))]
+    summary = import_jsonl(db, write_lines(tmp_path / "in.jsonl", lines))
+    assert (summary.imported, summary.updated) == (1, 0)
+    assert store.trajectories(db).to_pandas()["usage_count"].tolist() == [8]  # no timestamp: more use is newer
+    assert store.history(db).to_pandas()["usage_count"].tolist() == [5]
+
+
+def test_steps_are_validated_and_stored(db, tmp_path):
+    steps = [{"action": "run", "outcome": "failure", "error": "boom", "duration_ms": 5},
+             {"action": "fix", "outcome": "success", "quality": 1.0, "tokens": 12, "result": {"patch": "x"}}]
+    bad = [{"action": "run"}]
+    lines = [json.dumps(good_row(1, steps=steps)), json.dumps(good_row(2, steps=bad))]
+    summary = import_jsonl(db, write_lines(tmp_path / "in.jsonl", lines))
+    assert summary.imported == 1 and summary.quarantined["missing:outcome"] == 1
+    stored = store.trajectories(db).to_pandas().loc[0, "steps"]
+    assert [s["action"] for s in stored] == ["run", "fix"]
+    assert stored[1]["result"] == '{"patch": "x"}' and stored[1]["tokens"] == 12

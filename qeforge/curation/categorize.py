@@ -52,7 +52,11 @@ def _fit(vectors: np.ndarray, labels: list[str], seed: int) -> CategoryClassifie
 def train_classifier(
     vectors: np.ndarray, labels: list[str], *, seed: int = 0, holdout: float = 0.2
 ) -> tuple[CategoryClassifier, float, int]:
-    """Fit on all labeled rows; report accuracy of a twin fitted without a stratified hold-out."""
+    """Fit on all labeled rows; report accuracy of a twin fitted without a stratified hold-out.
+    Too few rows to hold any out (a category with one row, or fewer held-out rows than categories):
+    accuracy is NaN on 0 held-out rows, and the fit uses everything."""
+    from collections import Counter
+
     from sklearn.model_selection import train_test_split
 
     present = sorted(set(labels))
@@ -61,6 +65,9 @@ def train_classifier(
     unknown = set(present) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"labels outside the category list: {sorted(unknown)}")
+    held_out = int(np.ceil(holdout * len(labels)))
+    if min(Counter(labels).values()) < 2 or held_out < len(present) or len(labels) - held_out < len(present):
+        return _fit(vectors, labels, seed), float("nan"), 0
     idx = np.arange(len(labels))
     train_idx, test_idx = train_test_split(idx, test_size=holdout, random_state=seed, stratify=labels)
     twin = _fit(vectors[train_idx], [labels[i] for i in train_idx], seed)

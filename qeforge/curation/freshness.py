@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 
 from qeforge.categories import CATEGORIES
-from qeforge.curation.gate import GateThresholds, apply_gate
+from qeforge.curation.gate import GateRules, apply_gate
 
-GATE_COLUMNS = ["category", "outcome", "quality", "confidence", "usage_count"]
+GATE_COLUMNS = ["task", "category", "domain", "outcome", "quality", "confidence", "usage_count"]
 
 
-def new_eligible_counts(trajectories: pd.DataFrame, manifest: dict | None, gate: GateThresholds) -> dict[str, int]:
+def new_eligible_counts(trajectories: pd.DataFrame, manifest: dict | None, gate: GateRules) -> dict[str, int]:
     """Rows that pass the gate now, minus those that passed it when the current version was curated
     (the manifest's `gated_recorded`); every eligible row is new when there is no version yet."""
     kept, _ = apply_gate(trajectories, gate)
