@@ -206,3 +206,16 @@ def test_curation_on_the_real_store_ends_with_a_check_that_says_why(qe_home):
         assert result.asset_materializations_for_node(step)[0].metadata["dagster/row_count"].value == 0
     assert not result.asset_materializations_for_node("curated_datasets")  # no version written
     assert "splits_non_empty" not in checks  # skipped with the asset, not failed with a stack trace
+
+
+def test_cli_import_and_datasets_show_say_why_nothing_passes(qe_home, capsys):
+    from qeforge.cli import main
+
+    assert main(["import", "--format", "agentic-qe", str(FIXTURE)]) == 0
+    out = capsys.readouterr().out
+    assert "qe_patterns              read   101, imported   101" in out
+    assert "trajectory_steps         read     7, joined into trajectories     5" in out
+    assert "curation gate: 0 of 121 trajectories passed the gate" in out
+    assert main(["datasets", "show"]) == 1
+    err = capsys.readouterr().err
+    assert "none can be made from what is stored" in err and "usage_below_min" in err
