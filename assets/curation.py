@@ -51,6 +51,8 @@ def raw_trajectories(context: dg.AssetExecutionContext, lancedb: LanceDBResource
             "quarantine_rate": float(len(quarantine) / read),
             "quarantine_by_reason": md_table(counts(quarantine["reason"]) if len(quarantine) else {}, "reason"),
             "by_category": md_table(counts(frame["category"].fillna("(unlabeled)")), "category"),
+            "by_domain": md_table(counts(frame["domain"].replace("", "(none)")), "domain"),
+            "by_source": md_table(counts(frame["source"]), "import"),
             "by_model": md_table(counts(frame["model"]), "model"),
             "by_outcome": md_table(counts(frame["outcome"]), "outcome"),
             "quality_histogram": md_histogram(frame["quality"]),

@@ -256,8 +256,9 @@ def validate_row(row: Any) -> dict:
 
 
 def content_hash(row: dict) -> str:
-    """Hash of a validated row's content, independent of key order and import source."""
-    canonical = {k: v for k, v in row.items() if k not in ("source", "content_hash")}
+    """Hash of a validated row's content, independent of key order and import source. Absent (None)
+    fields are left out, so a field added to the schema later does not change the hash of old rows."""
+    canonical = {k: v for k, v in row.items() if k not in ("source", "content_hash") and v is not None}
     text = json.dumps(canonical, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

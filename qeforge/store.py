@@ -23,10 +23,15 @@ def connect(uri: str, storage_options: dict | None = None) -> lancedb.DBConnecti
 
 
 def open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema):
-    """Open a table, creating it empty with `schema` on first use."""
-    if name in db.table_names():
-        return db.open_table(name)
-    return db.create_table(name, schema=schema)
+    """Open a table, creating it empty with `schema` on first use. A table written by an older schema
+    gets the fields it lacks, as null columns (every field added since the first release is optional)."""
+    if name not in db.table_names():
+        return db.create_table(name, schema=schema)
+    table = db.open_table(name)
+    missing = [f for f in schema if f.name not in table.schema.names] if schema is not None else []
+    if missing:
+        table.add_columns(missing)
+    return table
 
 
 def trajectories(db):

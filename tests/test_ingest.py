@@ -117,3 +117,19 @@ def test_steps_are_validated_and_stored(db, tmp_path):
     stored = store.trajectories(db).to_pandas().loc[0, "steps"]
     assert [s["action"] for s in stored] == ["run", "fix"]
     assert stored[1]["result"] == '{"patch": "x"}' and stored[1]["tokens"] == 12
+
+
+def test_a_table_from_an_older_schema_gains_the_new_columns(tmp_path):
+    import lancedb
+    import pyarrow as pa
+
+    from qeforge.schema import TRAJECTORY_SCHEMA
+
+    db = lancedb.connect(str(tmp_path / "lancedb"))
+    old = pa.schema([f for f in TRAJECTORY_SCHEMA if f.name not in ("steps", "updated_at", "embedding_text")])
+    db.create_table(store.TRAJECTORIES, schema=old)
+    path = write_lines(tmp_path / "in.jsonl", [json.dumps(good_row(1, steps=[{"action": "a", "outcome": "success"}]))])
+    assert import_jsonl(db, path).imported == 1
+    stored = store.trajectories(db).to_arrow()
+    assert set(TRAJECTORY_SCHEMA.names) <= set(stored.schema.names)
+    assert stored["steps"].to_pylist()[0][0]["action"] == "a"
