@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from qeforge import store
-from qeforge.schema import QUARANTINE_SCHEMA, InvalidRow, content_hash, raw_key, validate_row
+from qeforge.schema import QUARANTINE_SCHEMA, InvalidRow, content_hash, is_valid_text, raw_key, validate_row
+
+# Rows held in memory between writes: 2,000 rows of a few KB each is a few MB, whatever the file size.
+BATCH_ROWS = 2000
 
 
 @dataclass
@@ -80,78 +84,113 @@ def is_newer(row: dict, stored: StoredVersion) -> bool:
     return stored.updated_at is None and (row["usage_count"] or 0) > stored.usage_count
 
 
-def import_records(db, records: list[tuple[str, object]], source: str) -> ImportSummary:
-    """Import (raw_text, parsed) pairs. `parsed` is the decoded row, an `InvalidRow` the reader already
-    knows the reason for (e.g. `no_answer`), or the decode error."""
-    summary = ImportSummary(source=source)
-    stored = _stored_versions(db)
-    in_table = set(stored)
-    known_quarantine = set(store.quarantine(db).to_arrow()["key"].to_pylist())
-    now = datetime.now(timezone.utc)
-    new: dict[str, dict] = {}  # id -> row, for ids not yet in the table
-    updated: dict[str, dict] = {}  # id -> row, replacing the stored version
-    superseded: list[dict] = []  # earlier versions of one id within this import: kept in history
-    bad: list[dict] = []
+class _Import:
+    """One import: classifies rows as they stream in and writes them in bounded batches.
 
-    def reject(raw: str, reason: str, detail: str, row_id: str | None = None):
-        summary.quarantined[reason] += 1
+    Stored ids, hashes and quarantine keys are read once (a few hundred bytes a row); rows themselves
+    are held only until the next flush, so memory stays flat as files grow.
+    """
+
+    def __init__(self, db, source: str):
+        self.db, self.summary = db, ImportSummary(source=source)
+        self.stored = _stored_versions(db)
+        self.in_table = set(self.stored)
+        self.known_quarantine = set(store.quarantine(db).to_arrow()["key"].to_pylist())
+        self.now = datetime.now(timezone.utc)
+        self.new: dict[str, dict] = {}  # id -> row, for ids not yet in the table
+        self.updated: dict[str, dict] = {}  # id -> row, replacing the stored version
+        self.superseded: list[dict] = []  # earlier versions of one id within this import: kept in history
+        self.bad: list[dict] = []
+
+    def reject(self, raw: str, reason: str, detail: str, row_id: str | None = None) -> None:
+        self.summary.quarantined[reason] += 1
         key = raw_key(raw)
-        if key in known_quarantine:
+        if key in self.known_quarantine:
             return
-        known_quarantine.add(key)
-        # Undecodable bytes are kept as \xNN escapes: Arrow strings must be valid UTF-8.
-        text = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        bad.append(
-            dict(key=key, row_id=row_id, reason=reason, detail=detail, raw=text, source=source, quarantined_at=now)
-        )
+        self.known_quarantine.add(key)
+        # Undecodable bytes and lone surrogates are kept as \xNN / \udNNN escapes: Arrow strings must be UTF-8.
+        text = raw.encode("utf-8", "surrogateescape" if _only_escaped_bytes(raw) else "backslashreplace")
+        text = text.decode("utf-8", "backslashreplace")
+        row_id = row_id if row_id is None or is_valid_text(row_id) else None
+        self.bad.append(dict(key=key, row_id=row_id, reason=reason, detail=detail[:2000], raw=text,
+                             source=self.summary.source, quarantined_at=self.now))
 
-    for raw, parsed in records:
-        summary.read += 1
+    def add(self, raw: str, parsed: object) -> None:
+        self.summary.read += 1
         if isinstance(parsed, Exception) and not isinstance(parsed, InvalidRow):
-            reject(raw, "malformed_json", str(parsed))
-            continue
+            self.reject(raw, "malformed_json", f"{type(parsed).__name__}: {parsed}")
+            return
         try:
             if isinstance(parsed, InvalidRow):
                 raise parsed
             row = validate_row(parsed)
+            digest = content_hash(row)
         except InvalidRow as err:
             row_id = parsed.get("id") if isinstance(parsed, dict) and isinstance(parsed.get("id"), str) else err.row_id
-            reject(raw, err.reason, err.detail, row_id)
-            continue
-        digest = content_hash(row)
-        previous = stored.get(row["id"])
+            self.reject(raw, err.reason, err.detail, row_id)
+            return
+        except Exception as err:  # noqa: BLE001 - no row may abort an import: quarantined with the error
+            self.reject(raw, "invalid_row", f"{type(err).__name__}: {err}")
+            return
+        previous = self.stored.get(row["id"])
         if previous is not None and previous.content_hash == digest:
-            summary.already_present += 1
-            continue
+            self.summary.already_present += 1
+            return
         if previous is not None and not is_newer(row, previous):
-            reject(raw, "conflicting_id", f"id {row['id']} already stored with different content and not newer", row["id"])
-            continue
-        stored[row["id"]] = StoredVersion(digest, row["updated_at"], row["usage_count"])
-        pending = updated if row["id"] in in_table else new
+            self.reject(raw, "conflicting_id", f"id {row['id']} already stored with different content and not newer", row["id"])
+            return
+        self.stored[row["id"]] = StoredVersion(digest, row["updated_at"], row["usage_count"])
+        pending = self.updated if row["id"] in self.in_table else self.new
         if row["id"] in pending:
-            superseded.append(pending[row["id"]])
-        pending[row["id"]] = {**row, "source": source, "content_hash": digest}
+            self.superseded.append(pending[row["id"]])
+        pending[row["id"]] = {**row, "source": self.summary.source, "content_hash": digest}
 
-    summary.imported, summary.updated = len(new), len(updated)
-    store.add_trajectories(db, list(new.values()), list(updated.values()), superseded, superseded_at=now)
-    if bad:
-        store.quarantine(db).add(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
-    return summary
+    def flush(self) -> None:
+        self.summary.imported += len(self.new)
+        self.summary.updated += len(self.updated)
+        store.add_trajectories(self.db, list(self.new.values()), list(self.updated.values()), self.superseded,
+                               superseded_at=self.now)
+        if self.bad:
+            store.quarantine(self.db).add(pa.Table.from_pylist(self.bad, schema=QUARANTINE_SCHEMA))
+        self.in_table |= set(self.new)
+        self.new, self.updated, self.superseded, self.bad = {}, {}, [], []
 
 
-def read_jsonl(path: Path) -> list[tuple[str, object]]:
-    records = []
-    # errors="surrogateescape": undecodable bytes reach quarantine instead of aborting the file.
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+def _only_escaped_bytes(raw: str) -> bool:
+    """Lone surrogates that surrogateescape made from undecodable bytes (U+DC80..U+DCFF) can go back to bytes."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in raw)
+
+
+def import_records(db, records: Iterable[tuple[str, object]], source: str, *, batch_rows: int = BATCH_ROWS) -> ImportSummary:
+    """Import (raw_text, parsed) pairs. `parsed` is the decoded row, an `InvalidRow` the reader already
+    knows the reason for (e.g. `no_answer`), or the decode error. One import at a time per store
+    (`store.import_lock`); rows are written every `batch_rows`."""
+    with store.import_lock(db):
+        run = _Import(db, source)
+        for i, (raw, parsed) in enumerate(records, 1):
+            run.add(raw, parsed)
+            if i % batch_rows == 0:
+                run.flush()
+        run.flush()
+        return run.summary
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, object]]:
+    """(raw line, decoded row or the decode error), one line at a time.
+
+    Lines end at \n only (newline="\n"): a bare \r is JSON whitespace, not a line break, and a
+    trailing \r of CRLF is stripped. A UTF-8 byte-order mark is dropped (utf-8-sig). Undecodable
+    bytes reach quarantine (surrogateescape) instead of aborting the file, and so does JSON nested
+    too deep to decode (RecursionError)."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="\n") as fh:
         for line in fh:
-            raw = line.rstrip("\n")
+            raw = line.rstrip("\n").removesuffix("\r")
             if not raw.strip():
                 continue
             try:
-                records.append((raw, json.loads(raw)))
-            except (json.JSONDecodeError, UnicodeError) as err:
-                records.append((raw, err))
-    return records
+                yield raw, json.loads(raw)
+            except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+                yield raw, err
 
 
 def import_jsonl(db, path: str | Path) -> ImportSummary:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -82,6 +82,13 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
+# Bounds an import enforces, so no value can overflow a column on write or on read back.
+INT64_MAX = 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+# Timestamps from the Unix epoch to 2100: older or later values are producer bugs (and year 1 at
+# UTC+14 underflows datetime when read back as UTC).
+TIME_RANGE = (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+
 REQUIRED_TEXT = ("id", "task", "output", "model")
 OPTIONAL_TEXT = ("domain", "agent", "language", "framework")
 UNIT_RANGE = ("quality", "confidence")  # required, 0..1
@@ -96,6 +103,15 @@ class InvalidRow(ValueError):
         self.row_id = row_id
 
 
+def is_valid_text(value: str) -> bool:
+    """False for text with lone surrogates ("\\ud800" in JSON): not Unicode, so not storable as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _number(row: dict, name: str, *, required: bool) -> float | None:
     value = row.get(name)
     if value is None:
@@ -105,6 +121,8 @@ def _number(row: dict, name: str, *, required: bool) -> float | None:
     # bool is an int subclass in Python; a True quality is a producer bug, not 1.0.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRow(f"wrong_type:{name}", f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(value, int) and abs(value) > INT64_MAX:  # JSON integers are unbounded; float() would overflow
+        raise InvalidRow(f"out_of_range:{name}", f"{name} is beyond the 64-bit range")
     if not math.isfinite(value):
         raise InvalidRow(f"non_finite:{name}", f"{name} is {value}")
     return float(value)
@@ -114,8 +132,8 @@ def _count(row: dict, name: str) -> int | None:
     value = _number(row, name, required=False)
     if value is None:
         return None
-    if value != int(value) or value < 0:
-        raise InvalidRow(f"out_of_range:{name}", f"{name} must be a non-negative integer, got {value}")
+    if value != int(value) or not 0 <= value <= INT64_MAX:
+        raise InvalidRow(f"out_of_range:{name}", f"{name} must be a non-negative 64-bit integer, got {value}")
     return int(value)
 
 
@@ -127,6 +145,8 @@ def _text(row: dict, name: str, *, required: bool) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidRow(f"wrong_type:{name}", f"{name} must be a string, got {type(value).__name__}")
+    if not is_valid_text(value):
+        raise InvalidRow(f"invalid_text:{name}", f"{name} contains a lone surrogate (not valid Unicode)")
     if required and not value.strip():
         raise InvalidRow(f"empty:{name}", f"{name} is empty")
     return value
@@ -142,13 +162,21 @@ def _timestamp(value: Any, name: str = "created_at") -> datetime | None:
             raise InvalidRow(f"non_finite:{name}", f"{name} is {value}")
         # agentic-qe writes epoch milliseconds in some tables; 1e11 s is the year 5138.
         seconds = value / 1000 if value > 1e11 else value
+        if not TIME_RANGE[0].timestamp() <= seconds < TIME_RANGE[1].timestamp():
+            raise InvalidRow(f"out_of_range:{name}", f"{name} {value} is outside {TIME_RANGE[0]:%Y}..{TIME_RANGE[1]:%Y}")
         return datetime.fromtimestamp(seconds, tz=timezone.utc)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise InvalidRow(f"wrong_type:{name}", f"cannot parse timestamp {value!r}") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        try:
+            parsed = parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        except OverflowError:
+            parsed = TIME_RANGE[0] - timedelta(days=1)  # beyond datetime itself: certainly out of range
+        if not TIME_RANGE[0] <= parsed < TIME_RANGE[1]:
+            raise InvalidRow(f"out_of_range:{name}", f"{name} {value!r} is outside {TIME_RANGE[0]:%Y}..{TIME_RANGE[1]:%Y}")
+        return parsed
     raise InvalidRow(f"wrong_type:{name}", f"{name} must be ISO-8601 text or epoch seconds")
 
 
@@ -182,8 +210,10 @@ def _embedding(row: dict) -> tuple[list[float] | None, str | None, int | None]:
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector
     ):
         raise InvalidRow("wrong_type:embedding", "embedding must be a list of numbers")
-    if not all(math.isfinite(x) for x in vector):
+    if not all(isinstance(x, int) or math.isfinite(x) for x in vector):
         raise InvalidRow("non_finite:embedding", "embedding contains NaN or inf")
+    if any(abs(x) > FLOAT32_MAX for x in vector):  # stored as float32: 1e39 would become inf
+        raise InvalidRow("out_of_range:embedding", "embedding values exceed the float32 range")
     declared = row.get("embedding_dim")
     if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
         raise InvalidRow("wrong_type:embedding_dim", "embedding_dim must be an integer")
@@ -251,7 +281,9 @@ def validate_row(row: Any) -> dict:
     metadata = row.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidRow("wrong_type:metadata", "metadata must be a JSON object")
-    out["metadata"] = json.dumps(metadata or {}, sort_keys=True)
+    out["metadata"] = json.dumps(metadata or {}, sort_keys=True, ensure_ascii=False)
+    if not is_valid_text(out["metadata"]):
+        raise InvalidRow("invalid_text:metadata", "metadata contains a lone surrogate (not valid Unicode)")
     return out
 
 

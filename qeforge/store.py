@@ -4,6 +4,11 @@ which the router's similarity signal searches)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -32,6 +37,40 @@ def open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema):
     if missing:
         table.add_columns(missing)
     return table
+
+
+@contextlib.contextmanager
+def import_lock(db):
+    """One import at a time per local store: two imports of one file would otherwise both see an id
+    as new and store it twice. An exclusive flock on <store>/.import.lock, released when the process
+    dies. While held, temp files a killed writer left in the imported tables are removed.
+
+    Object stores (s3://, gs://) have no file lock here: run one importer per store there."""
+    uri = str(db.uri)
+    if "://" in uri and not uri.startswith("file://"):
+        yield
+        return
+    root = Path(uri.removeprefix("file://"))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".import.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            remove_orphan_temp_files(root)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def remove_orphan_temp_files(root: Path) -> int:
+    """Lance writes data files as data/.tmp* and renames them on commit; a writer killed in between
+    leaves them behind. Only the tables imports write, and only under the import lock."""
+    removed = 0
+    for table in (TRAJECTORIES, QUARANTINE, HISTORY):
+        for tmp in (root / f"{table}.lance" / "data").glob(".tmp*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+                removed += 1
+    return removed
 
 
 def trajectories(db):

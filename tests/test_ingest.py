@@ -133,3 +133,66 @@ def test_a_table_from_an_older_schema_gains_the_new_columns(tmp_path):
     stored = store.trajectories(db).to_arrow()
     assert set(TRAJECTORY_SCHEMA.names) <= set(stored.schema.names)
     assert stored["steps"].to_pylist()[0][0]["action"] == "a"
+
+
+def _deep(n: int) -> str:
+    return '{"id": "deep", "metadata": {"x": ' + "[" * n + "]" * n + "}}"
+
+
+# Rows that once aborted a whole import (or were stored corrupt); each must now be one quarantined row.
+HOSTILE = [
+    ("malformed_json", _deep(10_000)),  # RecursionError in the decoder
+    ("out_of_range:usage_count", json.dumps(good_row(20, usage_count=2**64))),
+    ("out_of_range:input_tokens", json.dumps(good_row(21, input_tokens=10**30))),
+    ("out_of_range:latency_ms", json.dumps(good_row(22, latency_ms=10**400))),
+    ("out_of_range:quality", json.dumps(good_row(23)).replace('"quality": 0.9', '"quality": ' + "9" * 400)),
+    ("out_of_range:created_at", json.dumps(good_row(24, created_at=1e20))),
+    ("out_of_range:created_at", json.dumps(good_row(25, created_at=-1e15))),
+    ("out_of_range:created_at", json.dumps(good_row(26, created_at="0001-01-01T00:00:00+14:00"))),
+    ("invalid_text:task", json.dumps(good_row(27, task="lone \ud800 surrogate"))),
+    ("invalid_text:metadata", json.dumps(good_row(28, metadata={"k": "\udfff"}))),
+    ("out_of_range:embedding", json.dumps(good_row(29, embedding=[1e39] + [0.1] * 383, embedding_dim=384))),
+]
+
+
+def test_no_hostile_row_aborts_the_import(db, tmp_path):
+    valid = [json.dumps(good_row(1)), json.dumps(good_row(2)).replace(", ", ",\r "), json.dumps(good_row(3))]
+    lines = [valid[0], *(line for _, line in HOSTILE), valid[1], valid[2]]
+    path = tmp_path / "hostile.jsonl"
+    # A byte-order mark before the first row, CRLF line ends, and a bare \r (JSON whitespace) inside a row.
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8", "surrogatepass") + b"\r\n")
+    summary = import_jsonl(db, path)
+    assert (summary.read, summary.imported) == (len(lines), 3)
+    expected = {}
+    for reason, _ in HOSTILE:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert dict(summary.quarantined) == expected
+    stored = store.trajectories(db).to_pandas()
+    assert sorted(stored["id"]) == ["t-1", "t-2", "t-3"]
+    assert store.quarantine(db).count_rows() == len(HOSTILE)
+    assert import_jsonl(db, path).already_present == 3  # and the table reads back for the next import
+
+
+def test_two_concurrent_imports_store_each_row_once(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_lines(tmp_path / "in.jsonl", [json.dumps(good_row(i)) for i in range(3000)])
+    uri = tmp_path / "lancedb"
+    code = ("import sys; from qeforge import store; from qeforge.ingest import import_jsonl; "
+            "print(import_jsonl(store.connect(sys.argv[1]), sys.argv[2]).imported)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(uri), str(path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    imported = sorted(int(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs)
+    assert imported == [0, 3000]  # the second waited for the lock, then found every row present
+    assert store.trajectories(store.connect(str(uri))).count_rows() == 3000
+
+
+def test_orphan_temp_files_are_removed_by_the_next_import(db, tmp_path):
+    path = write_lines(tmp_path / "in.jsonl", [json.dumps(good_row(1))])
+    import_jsonl(db, path)
+    orphan = tmp_path / "lancedb" / "trajectories.lance" / "data" / ".tmp_killed_writer"
+    orphan.write_bytes(b"partial")
+    import_jsonl(db, write_lines(tmp_path / "more.jsonl", [json.dumps(good_row(2))]))
+    assert not orphan.exists()
+    assert store.trajectories(db).count_rows() == 2

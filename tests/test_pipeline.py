@@ -40,6 +40,7 @@ def test_curation_graph_materializes_with_passing_checks(demo_bank, qe_home):
     assert checks == {
         "schema_valid": True,
         "quarantine_rate_below_bound": True,
+        "rows_pass_gate": True,
         "category_mix_within_tolerance": True,
         "splits_non_empty": True,
         "no_cross_split_leakage": True,
