@@ -3,7 +3,7 @@
     python -m bench.import_memory [--sizes-mb 16 64]
 
 Each import runs in a fresh process; its extra memory is peak RSS (ru_maxrss) minus the RSS after the
-imports are loaded and the store is opened. Rows carry a 384-d embedding (~8 KB of JSON a row), the
+imports are loaded and the store is opened. Rows carry a 384-d embedding (~5 KB of JSON a row), the
 shape an agentic fleet exports. "held at once" is the same importer with one batch as large as the file,
 which is how the importer worked before streaming (it read the whole file into a list first).
 """

@@ -61,11 +61,14 @@ class MLflowResource(dg.ConfigurableResource):
         return self.tracking_uri or default_locations().mlflow_tracking_uri
 
     def resolved_artifact_root(self) -> str | None:
-        if self.artifact_root:
-            return self.artifact_root
-        if self.resolved_tracking_uri().startswith("sqlite:"):
-            return Path(default_locations().mlflow_artifact_root).as_uri()
-        return None  # a tracking server decides where artifacts go
+        """The field, else $QEFORGE_MLFLOW_ARTIFACT_ROOT (e.g. s3://bucket/mlflow beside a SQL backend), else
+        local files beside a sqlite store; a tracking server otherwise decides where artifacts go."""
+        root = self.artifact_root or default_locations().mlflow_artifact_root
+        if is_uri(root):
+            return root
+        if self.artifact_root or self.resolved_tracking_uri().startswith("sqlite:"):
+            return Path(project_path(root)).as_uri()
+        return None
 
     def experiment_id(self, name: str) -> str:
         import mlflow

@@ -209,7 +209,8 @@ def cmd_export_vllm(args) -> int:
 def cmd_run(args) -> int:
     from qeforge.main_job import run_main_job
 
-    return run_main_job(demo_rows=args.demo_rows, seed=args.seed, skip_demo=args.skip_demo)
+    return run_main_job(demo_rows=args.demo_rows, seed=args.seed, skip_demo=args.skip_demo,
+                        categories=tuple(args.category) if args.category else None)
 
 
 def _serve_source(args):
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-rows", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-demo", action="store_true", help="use the trajectories already in LanceDB")
+    p.add_argument("--category", action="append", choices=CATEGORIES,
+                   help="train, evaluate, register and serve only this category (repeatable; default: all)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="OpenAI-compatible shim routing between the resident adapters and Claude")

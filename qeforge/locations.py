@@ -49,7 +49,7 @@ def default_locations() -> Locations:
         lancedb_uri=os.environ.get("QEFORGE_LANCEDB_URI") or str(home / "lancedb"),
         mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-        mlflow_artifact_root=str(mlflow_dir / "artifacts"),
+        mlflow_artifact_root=os.environ.get("QEFORGE_MLFLOW_ARTIFACT_ROOT") or str(mlflow_dir / "artifacts"),
         datasets_dir=str(home / "datasets"),
         models_dir=str(home / "models"),
         dagster_home=str(project_path(os.environ.get("DAGSTER_HOME", "dagster_home"))),

@@ -31,14 +31,19 @@ def _post(url: str, body: dict) -> tuple[dict, dict]:
         return json.loads(response.read()), dict(response.headers)
 
 
-def serve_one_request_per_category(source=None) -> bool:
+def serve_one_request_per_category(source=None, categories: tuple[str, ...] | None = None) -> bool:
     import uvicorn
 
     from qeforge.serving.app import Settings, create_app
     from qeforge.serving.registry_source import RegistrySource
 
     settings = Settings(host="127.0.0.1", port=_free_port(), source=source or RegistrySource())
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning"))
+    try:
+        app = create_app(settings)
+    except (FileNotFoundError, ValueError) as err:  # nothing promoted yet, or champions on different bases
+        print(f"serve: nothing to serve: {err}")
+        return False
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://{settings.host}:{settings.port}"
@@ -52,7 +57,7 @@ def serve_one_request_per_category(source=None) -> bool:
             time.sleep(0.2)
         with urllib.request.urlopen(f"{base}/health", timeout=30) as response:
             print(f"serve: shim on {base} ({json.loads(response.read())['source']})")
-        for category in CATEGORIES:
+        for category in categories or CATEGORIES:
             body = {"model": registered_model_name(category), "max_tokens": 64,
                     "messages": [{"role": "system", "content": SYSTEM_PROMPTS[category]},
                                  {"role": "user", "content": PROMPTS[category]}]}
