@@ -110,9 +110,13 @@ def _works(command: list[str]) -> bool:
         return False
 
 
-def isolation_note(isolations) -> str | None:
-    """The plain-words warning for reports when any run had weak isolation, else None."""
-    return WEAK_ISOLATION if "weak" in set(isolations) else None
+def isolation_summary(isolations) -> str | None:
+    """What reports say about a set of runs' `isolation` values: None when nothing ran in the
+    sandbox, the plain-words warning when any run had weak isolation."""
+    seen = {i for i in isolations if isinstance(i, str)}
+    if not seen:
+        return None
+    return WEAK_ISOLATION if seen != {"bubblewrap"} else "bubblewrap: own user, pid, network and mount namespaces"
 
 
 def run_tests(
@@ -283,6 +287,9 @@ def _run(test_source: str, module: str, focal_source: str, budget_s: float, *, l
          bwrap: bool, netns: bool, measure: bool = False) -> _Run:
     """One pytest run of the suite against one focal variant, to completion or deadline."""
     deadline = STARTUP_GRACE_S + budget_s
+    # The harness ends with this status, after its `final` record: a suite that writes a record and
+    # exits (os._exit(0)) first must also find this number in the harness's memory.
+    exit_status = 64 + secrets.randbelow(60)
     files = {f"{module}.py": focal_source, TEST_FILE: test_source,
              "pytest.ini": "[pytest]\n"}  # pins rootdir: no ini above the sandbox applies
     started = time.monotonic()
@@ -290,7 +297,7 @@ def _run(test_source: str, module: str, focal_source: str, budget_s: float, *, l
     with tempfile.TemporaryFile("a+b") as records, tempfile.TemporaryFile("w+b") as log:
         config = {"module": module, "timeout_s": budget_s, "memory_mb": limits.memory_mb, "cpu_s": int(deadline) + 1,
                   "records_fd": records.fileno(), "measure": measure, "audit_hook": limits.audit_hook,
-                  "stop_at_first_failure": not measure}
+                  "stop_at_first_failure": not measure, "exit_status": exit_status}
         base_env = {"LANG": "C.UTF-8", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # judged on pytest alone, no plugins
         root = None
         data = [_data_file(text) for text in files.values()]
@@ -300,7 +307,8 @@ def _run(test_source: str, module: str, focal_source: str, budget_s: float, *, l
                            "--ro-bind", os.path.abspath(sandbox_harness.__file__), HARNESS]
                 for name, f in zip(files, data):
                     command += ["--perms", "0444", "--ro-bind-data", str(f.fileno()), f"{SANDBOX_ROOT}/{name}"]
-                command += ["--chdir", SANDBOX_ROOT, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
+                # bwrap's own root and /dev are tmpfs without a size cap: read-only, so /sandbox is the only writable place.
+                command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SANDBOX_ROOT, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
                             "--setenv", "HOME", SANDBOX_ROOT, "--setenv", "TMPDIR", SANDBOX_ROOT]
                 for key, value in base_env.items():
                     command += ["--setenv", key, value]
@@ -331,7 +339,8 @@ def _run(test_source: str, module: str, focal_source: str, budget_s: float, *, l
         records.seek(0)
         log.seek(max(0, log.seek(0, os.SEEK_END) - 4 * LOG_TAIL_CHARS))
         tail = log.read().decode("utf-8", errors="replace")[-LOG_TAIL_CHARS:]
-        return _read_records(records.read().decode("utf-8", errors="replace"), tail, timed_out, time.monotonic() - started)
+        text = records.read().decode("utf-8", errors="replace")
+        return _read_records(text, tail, timed_out, time.monotonic() - started, proc.returncode == exit_status)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -371,7 +380,7 @@ def _validated(final) -> dict:
     return out
 
 
-def _read_records(text: str, log_tail: str, timed_out: bool, duration: float) -> _Run:
+def _read_records(text: str, log_tail: str, timed_out: bool, duration: float, harness_exited: bool) -> _Run:
     blocked: list[str] = []
     finals: list = []
     progress: dict = {}
@@ -392,7 +401,8 @@ def _read_records(text: str, log_tail: str, timed_out: bool, duration: float) ->
             except (KeyError, ValueError):
                 pass
     final = None
-    if len(finals) == 1:  # the harness writes exactly one; two means someone else wrote one too
+    # The harness writes exactly one and then exits with the agreed status; anything else is not its record.
+    if len(finals) == 1 and harness_exited:
         try:
             final = _validated(finals[0])
         except (KeyError, TypeError, ValueError):

@@ -132,12 +132,13 @@ def _child_main() -> None:
     emit(final={**run.counts(), "timed_out": run.out_of_time, "collection_error": run.collection_error,
                 "exit_code": run.exit_code, "arcs": arcs})
     sys.stdout.flush()
-    os._exit(0)  # don't wait for threads or atexit handlers the tests may have left behind
+    os._exit(config["exit_status"])  # don't wait for threads or atexit handlers the tests may have left behind
 
 
 def _limit_resources(memory_mb: int, cpu_s: int) -> None:
     """Soft = hard, so test code cannot raise them again. No RLIMIT_NPROC: it counts every process
-    of the user machine-wide (and root ignores it); the guard refuses process creation instead."""
+    of the user machine-wide (and root ignores it). The audit hook refuses process creation; under
+    bubblewrap the pid namespace ends every process with the run (see the README for fork bombs)."""
     mib = 1 << 20
     wanted = (
         (resource.RLIMIT_AS, memory_mb * mib),
