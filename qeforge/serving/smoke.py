@@ -38,7 +38,8 @@ def serve_one_request_per_category(source=None) -> bool:
     from qeforge.serving.registry_source import RegistrySource
 
     settings = Settings(host="127.0.0.1", port=_free_port(), source=source or RegistrySource())
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning"))
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://{settings.host}:{settings.port}"
@@ -50,8 +51,8 @@ def serve_one_request_per_category(source=None) -> bool:
                 print("serve: the shim did not start")
                 return False
             time.sleep(0.2)
-        with urllib.request.urlopen(f"{base}/health", timeout=30) as response:
-            print(f"serve: shim on {base} ({json.loads(response.read())['source']})")
+        with urllib.request.urlopen(f"{base}/health", timeout=30) as response:  # /health shows no paths without a key
+            print(f"serve: shim on {base} ({json.loads(response.read())['status']}, {app.state.engine.snapshot.source})")
         for category in CATEGORIES:
             body = {"model": registered_model_name(category), "max_tokens": 64,
                     "messages": [{"role": "system", "content": SYSTEM_PROMPTS[category]},
