@@ -43,7 +43,7 @@ HOSTILE = r'''
 import os, signal, socket, sqlite3, stat, sys, threading
 
 VICTIM, OUTSIDE, SOCK, MLFLOW_DB = {victim!r}, {outside!r}, {sock!r}, {mlflow_db!r}
-HOST_PID, MARKER = {host_pid}, {marker!r}
+HOST_PID, MARKER, TCP_PORT = {host_pid}, {marker!r}, {tcp_port}
 DAEMON = f"{{sys.executable}} -c 'import time; time.sleep(120)' {{MARKER}} </dev/null >/dev/null 2>&1 &"
 
 
@@ -139,6 +139,10 @@ def test_unix_socket_to_a_host_listener():
     in_subinterpreter(f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({{SOCK!r}}); s.sendall(b'pwned')")
 
 
+def test_tcp_to_a_host_listener():
+    socket.create_connection(("127.0.0.1", TCP_PORT), timeout=2).sendall(b"pwned")
+
+
 def test_read_etc_shadow():
     assert open("/etc/shadow").read()
 
@@ -168,12 +172,15 @@ def host():
     listener.bind(os.path.join(outside, "host.sock"))
     listener.listen(8)
     listener.setblocking(False)
+    tcp = socket.create_server(("127.0.0.1", 0))
+    tcp.setblocking(False)
     signals = []
     previous = signal.signal(signal.SIGUSR1, lambda *a: signals.append(a))
-    yield SimpleNamespace(outside=outside, victim=victim, mlflow_db=mlflow_db, listener=listener, signals=signals,
+    yield SimpleNamespace(outside=outside, victim=victim, mlflow_db=mlflow_db, listener=listener, signals=signals, tcp=tcp,
                           sock=os.path.join(outside, "host.sock"), marker=f"qeforge-daemon-{uuid.uuid4().hex}")
     signal.signal(signal.SIGUSR1, previous)
     listener.close()
+    tcp.close()
     shutil.rmtree(outside, ignore_errors=True)
 
 
@@ -192,7 +199,7 @@ def _processes_with(marker: str) -> list[int]:
 @pytest.mark.parametrize("audit_hook", [True, False], ids=["with-audit-hook", "os-layer-alone"])
 def test_every_host_attack_is_contained(host, audit_hook):
     suite = HOSTILE.format(victim=host.victim, outside=host.outside, sock=host.sock, mlflow_db=host.mlflow_db,
-                           host_pid=os.getpid(), marker=host.marker)
+                           host_pid=os.getpid(), marker=host.marker, tcp_port=host.tcp.getsockname()[1])
     result = run_tests(suite, FOCAL, limits=SandboxLimits(timeout_s=20, audit_hook=audit_hook))
     survivors = _processes_with(host.marker)
     for pid in survivors:  # only processes this test's suite started carry the marker
@@ -206,8 +213,9 @@ def test_every_host_attack_is_contained(host, audit_hook):
         assert f.read() == "precious"
     assert sorted(os.listdir(host.outside)) == ["host.sock", "mlflow.db", "victim.txt"]  # nothing created outside
     assert host.signals == []
-    with pytest.raises(BlockingIOError):
-        host.listener.accept()
+    for listener in (host.listener, host.tcp):
+        with pytest.raises(BlockingIOError):
+            listener.accept()
     assert survivors == []
     assert not result.escaped
 
