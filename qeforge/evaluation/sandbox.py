@@ -193,7 +193,7 @@ def _normalise(source: str) -> str:
 def control_variant(source: str) -> str:
     """The same behaviour in different code: simple comparisons mirrored (`x < lo` -> `lo > x`,
     operands that are names or constants, so evaluation order cannot matter) and a `pass` at the top
-    of every function body. A suite that fails it detects the code (a hash, its text, its size, its
+    of the module and of every function body. A suite that fails it detects the code (a hash, its text, its size, its
     bytecode) instead of testing behaviour, and gets no mutation credit."""
     try:
         tree = ast.parse(source)
@@ -204,7 +204,7 @@ def control_variant(source: str) -> str:
             left, right = node.left, node.comparators[0]
             if all(isinstance(x, (ast.Name, ast.Constant)) for x in (left, right)):
                 node.left, node.comparators, node.ops = right, [left], [_MIRROR[type(node.ops[0])]()]
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        elif isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
             node.body.insert(1 if docstring else 0, ast.Pass())
