@@ -208,7 +208,7 @@ def test_every_host_attack_is_contained(host, audit_hook):
     assert result.isolation == "bubblewrap" and result.status == "ok", result.log_tail
     # Every attack failed inside but the daemon, which starts there and must not outlive the run.
     assert (result.n_tests, result.failed) == (N_HOSTILE, N_HOSTILE - 1), result.log_tail
-    assert "test_detached_daemon PASSED" in result.log_tail or "FAILED test_generated.py::test_detached_daemon" not in result.log_tail
+    assert "FAILED test_generated.py::test_detached_daemon" not in result.log_tail
     with open(host.victim) as f:
         assert f.read() == "precious"
     assert sorted(os.listdir(host.outside)) == ["host.sock", "mlflow.db", "victim.txt"]  # nothing created outside

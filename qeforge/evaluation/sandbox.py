@@ -191,10 +191,10 @@ def _normalise(source: str) -> str:
 
 
 def control_variant(source: str) -> str:
-    """The same behaviour in different code: simple comparisons mirrored (`x < lo` -> `lo > x`,
+    """The same behaviour in different code: simple comparisons mirrored (`x < lo` -> `lo > x`;
     operands that are names or constants, so evaluation order cannot matter) and a `pass` at the top
-    of the module and of every function body. A suite that fails it detects the code (a hash, its text, its size, its
-    bytecode) instead of testing behaviour, and gets no mutation credit."""
+    of the module and of every function body. A suite that fails it detects the code (a hash, its
+    text, its size, its bytecode) instead of testing behaviour, and gets no mutation credit."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError):
@@ -207,7 +207,7 @@ def control_variant(source: str) -> str:
         elif isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
-            node.body.insert(1 if docstring else 0, ast.Pass())
+            node.body.insert(int(docstring), ast.Pass())
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
@@ -276,6 +276,19 @@ def _bwrap_prefix() -> list[str]:
     return args + ["--proc", "/proc", "--dev", "/dev"]
 
 
+def _bwrap_command(file_fds: dict[str, int], tmpfs_mb: int, env: dict[str, str]) -> list[str]:
+    """The whole bwrap command line for one run; `file_fds` become read-only files in /sandbox."""
+    command = [*_bwrap_prefix(), "--size", str(tmpfs_mb << 20), "--tmpfs", SANDBOX_ROOT,
+               "--ro-bind", os.path.abspath(sandbox_harness.__file__), HARNESS]
+    for name, fd in file_fds.items():
+        command += ["--perms", "0444", "--ro-bind-data", str(fd), f"{SANDBOX_ROOT}/{name}"]
+    # bwrap's own root and /dev are tmpfs without a size cap: read-only, so /sandbox is the only writable place.
+    command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SANDBOX_ROOT, "--clearenv"]
+    for key, value in {"PATH": "/usr/bin:/bin", "HOME": SANDBOX_ROOT, "TMPDIR": SANDBOX_ROOT, **env}.items():
+        command += ["--setenv", key, value]
+    return [*command, "--", sys.executable, "-I", "-B", HARNESS]
+
+
 def _data_file(text: str):
     f = tempfile.TemporaryFile("w+b")
     f.write(text.encode("utf-8"))
@@ -303,16 +316,7 @@ def _run(test_source: str, module: str, focal_source: str, budget_s: float, *, l
         data = [_data_file(text) for text in files.values()]
         try:
             if bwrap:
-                command = [*_bwrap_prefix(), "--size", str(limits.tmpfs_mb << 20), "--tmpfs", SANDBOX_ROOT,
-                           "--ro-bind", os.path.abspath(sandbox_harness.__file__), HARNESS]
-                for name, f in zip(files, data):
-                    command += ["--perms", "0444", "--ro-bind-data", str(f.fileno()), f"{SANDBOX_ROOT}/{name}"]
-                # bwrap's own root and /dev are tmpfs without a size cap: read-only, so /sandbox is the only writable place.
-                command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SANDBOX_ROOT, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
-                            "--setenv", "HOME", SANDBOX_ROOT, "--setenv", "TMPDIR", SANDBOX_ROOT]
-                for key, value in base_env.items():
-                    command += ["--setenv", key, value]
-                command += ["--", sys.executable, "-I", "-B", HARNESS]
+                command = _bwrap_command({name: f.fileno() for name, f in zip(files, data)}, limits.tmpfs_mb, base_env)
                 env, cwd, fds = {"PATH": os.environ.get("PATH", os.defpath)}, "/", [f.fileno() for f in data]
             else:
                 root = cwd = os.path.realpath(tempfile.mkdtemp(prefix="qeforge-sandbox-"))

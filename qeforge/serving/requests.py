@@ -117,14 +117,16 @@ def _has_surrogate(text: str) -> bool:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with a 413 once it is known to pass `limit` bytes: by Content-Length before
     reading anything, else (chunked) as soon as the bytes read pass it."""
+    too_large = BadRequest(413, f"The request body is larger than this server's limit of {limit} bytes.",
+                           code="request_too_large")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise BadRequest(413, f"The request body is larger than this server's limit of {limit} bytes.", code="request_too_large")
+        raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BadRequest(413, f"The request body is larger than this server's limit of {limit} bytes.", code="request_too_large")
+            raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
 
