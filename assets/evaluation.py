@@ -92,6 +92,8 @@ def adapter_evaluation(
             "scores_plot": md_image(plot, "scores with 95% CI"),
             "examples_path": dg.MetadataValue.path(str(examples_path)),
             "mlflow_run_id": lora_adapter["mlflow_run_id"],
+            # test-generation only: "weak isolation: …" in plain words when bubblewrap was missing
+            **({"sandbox_isolation": summary["sandbox_isolation"]} if summary.get("sandbox_isolation") else {}),
         },
     )
 

@@ -3,8 +3,10 @@
 A hostile test passes inside the sandbox only if its attack worked from the inside; the proof that
 counts is on the host: the victim file is intact, nothing appeared outside, no signal arrived, the
 listener saw no connection, no process outlived the run, and forged or gamed scores are not paid.
-The host-effect attacks run with the audit hook on (as in production: these are the forms that got
-past it) and off (the OS layer alone). Against the old in-process sandbox every one of them worked.
+The host-effect attacks need bubblewrap and run with the audit hook on (as in production: these are
+the forms that got past it) and off (the OS layer alone). The score attacks hold in either mode: they
+are answered by separate runs and by the parent's own accounting. Against the old in-process sandbox
+every one of them worked.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 from qeforge.evaluation.sandbox import SandboxLimits, bwrap_available, run_tests
 from qeforge.evaluation.test_generation import make_mutants, score_test_generation
 
-pytestmark = pytest.mark.skipif(
+needs_bwrap = pytest.mark.skipif(
     not bwrap_available(), reason="bubblewrap missing or user namespaces disabled here (.ci/run installs bubblewrap)")
 
 FOCAL = '''def clamp(x, lo, hi):
@@ -196,6 +198,7 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+@needs_bwrap
 @pytest.mark.parametrize("audit_hook", [True, False], ids=["with-audit-hook", "os-layer-alone"])
 def test_every_host_attack_is_contained(host, audit_hook):
     suite = HOSTILE.format(victim=host.victim, outside=host.outside, sock=host.sock, mlflow_db=host.mlflow_db,
