@@ -33,7 +33,8 @@ def _eval_dir(evaluation: EvaluationSettings, category: str, dataset_version: st
         dg.AssetCheckSpec("evaluated_on_test_split_only", asset="adapter_evaluation",
                           description="Reported scores come from the eval split only, and no eval example is in train or validation"),
         dg.AssetCheckSpec("sandbox_contained", asset="adapter_evaluation",
-                          description="Every generated test ran in the sandbox and nothing escaped (timeouts and crashes are counted, not fatal)"),
+                          description="Every generated test ran in the sandbox and nothing escaped (timeouts and crashes are counted, "
+                                      "not fatal); its `isolation` metadata says 'weak isolation' when bubblewrap was missing"),
     ],
 )
 def adapter_evaluation(
@@ -91,6 +92,8 @@ def adapter_evaluation(
             "scores_plot": md_image(plot, "scores with 95% CI"),
             "examples_path": dg.MetadataValue.path(str(examples_path)),
             "mlflow_run_id": lora_adapter["mlflow_run_id"],
+            # test-generation only: "weak isolation: …" in plain words when bubblewrap was missing
+            **({"sandbox_isolation": summary["sandbox_isolation"]} if summary.get("sandbox_isolation") else {}),
         },
     )
 
@@ -119,6 +122,9 @@ def _sandbox_check(frame: pd.DataFrame) -> dg.AssetCheckResult:
     if not who:
         return dg.AssetCheckResult(check_name="sandbox_contained", passed=True,
                                    metadata={"sandboxed_runs": 0, "note": "this category runs no generated code"})
+    from qeforge.evaluation.sandbox import isolation_summary
+
+    isolation = isolation_summary(v for w in who if f"{w}_sandbox_isolation" in frame for v in frame[f"{w}_sandbox_isolation"])
     rows = pd.concat([frame[[f"{w}_syntax_valid", f"{w}_sandbox_ran", f"{w}_escaped", f"{w}_sandbox_status"]]
                       .set_axis(["syntax_valid", "ran", "escaped", "status"], axis=1) for w in who]).dropna()
     runnable = rows[rows["syntax_valid"].astype(bool)]
@@ -132,6 +138,7 @@ def _sandbox_check(frame: pd.DataFrame) -> dg.AssetCheckResult:
             "escapes": int(runnable["escaped"].astype(bool).sum()),
             "timeouts": int(statuses.get("timeout", 0)),
             "crashes": int(statuses.get("crash", 0)),
+            "isolation": isolation or "no sandboxed runs",
         },
     )
 

@@ -241,6 +241,8 @@ def cmd_serve(args) -> int:
     try:
         settings = Settings(host=args.host, port=args.port, api_key=args.api_key or None, backend=args.backend,
                             source=_serve_source(args))
+        if args.max_body_bytes is not None:
+            settings.max_body_bytes = args.max_body_bytes
         serve(settings)
     except (FileNotFoundError, ValueError) as err:  # nothing to serve yet, bad adapter dir or policy
         print(f"error: {err}", file=sys.stderr)
@@ -313,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("QEFORGE_API_KEY"),
                    help="require 'Authorization: Bearer <key>' (default $QEFORGE_API_KEY)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="refuse chat request bodies larger than this with a 413 (default $QEFORGE_MAX_BODY_BYTES or 4 MiB)")
     p.add_argument("--base", help="base model path (default: the one the adapters record)")
     p.add_argument("--adapter", action="append", metavar="CATEGORY=PATH",
                    help="serve this adapter dir (repeatable; default: the latest adapter per category)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from qeforge.evaluation.sandbox import WEAK_ISOLATION
+
 
 def _num(value, spec=".3f") -> str:
     return "n/a" if value is None else (value if isinstance(value, str) else format(value, spec))
@@ -60,6 +62,8 @@ def build_card(category: str, *, training: dict, summary: dict, routing: dict, p
         f"- {summary['n_paired']} paired test examples: the CI is wide; treat differences inside it as noise.",
         "- Claude's score is its recorded answer's score; Claude answers are not re-sampled.",
     ]
+    if summary.get("sandbox_isolation") == WEAK_ISOLATION:
+        lines.append(f"- Scores of generated tests were measured with {WEAK_ISOLATION}.")
     if not summary["meets_target"]:
         lines.append(f"- Below the {summary['target_ratio']:.0%} target: keep the routing threshold so low-confidence requests escalate.")
     if str(training.get("base_model", "")).endswith("tiny-phi3"):

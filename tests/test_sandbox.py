@@ -16,7 +16,7 @@ import pytest
 
 from qeforge.demo import generate_demo_lines
 from qeforge.evaluation import sandbox, test_generation
-from qeforge.evaluation.sandbox import SandboxLimits, run_many, run_tests
+from qeforge.evaluation.sandbox import WEAK_ISOLATION, SandboxLimits, isolation_summary, run_many, run_tests
 from qeforge.evaluation.test_generation import extract_tests, make_mutants, score_test_generation
 
 FOCAL = '''def clamp(x, lo, hi):
@@ -174,7 +174,7 @@ def test_dead_child_still_reports_what_it_measured():
     tests = "import faulthandler\ndef test_a():\n    pass\ndef test_b():\n    faulthandler._sigsegv()\ndef test_c():\n    pass\n"
     result = run_tests(tests, FOCAL, limits=FAST)
     assert (result.status, result.n_tests, result.passed) == ("crash", 3, 1)
-    assert "sandbox.py" in result.log_tail  # faulthandler's stack of the dead child
+    assert "sandbox_harness.py" in result.log_tail  # faulthandler's stack of the dead child
 
 
 def test_run_many_keeps_order_and_overlaps():
@@ -218,3 +218,57 @@ def test_demo_success_output_passes():
     scores = score_test_generation(row["output"], row["metadata"])
     assert scores["sandbox_status"] == "ok"
     assert scores["pass_rate"] == 1.0
+
+
+def test_without_bubblewrap_the_isolation_is_called_weak():
+    row = score_test_generation(GOOD, META, limits=SandboxLimits(timeout_s=3, use_bwrap=False), n_mutants=0)
+    assert (row["sandbox_status"], row["pass_rate"], row["sandbox_isolation"]) == ("ok", 1.0, "weak")
+    assert "weak isolation" in isolation_summary([row["sandbox_isolation"], "bubblewrap", None])
+    assert isolation_summary(["bubblewrap"]).startswith("bubblewrap") and isolation_summary([None]) is None
+    with pytest.raises(ValueError, match="needs bubblewrap"):  # no run without any guard at all
+        run_tests(GOOD, FOCAL, limits=SandboxLimits(use_bwrap=False, audit_hook=False))
+
+
+def test_weak_isolation_is_said_in_the_report_and_the_model_card():
+    from qeforge.evaluation.report import format_report
+    from qeforge.model_card import build_card
+
+    ci = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    summary = {"quality_ratio": ci, "meets_target": False, "n_paired": 3, "n_eval": 3, "target_ratio": 0.95,
+               "eval_split": "test", **{f"{w}_score": ci for w in ("base", "adapter", "claude")},
+               "sandbox_isolation": WEAK_ISOLATION}
+    routing = {"confirmed": {"local_share": 0.5, "quality_ratio": 0.5, "savings_per_1k": 0.1, "quality_ratio_low": 0.4,
+                             "quality_ratio_high": 0.6}, "signal_auroc": {}, "cpt": {"50": 1, "80": 1, "95": 1}, "apgr": 0.5}
+    card = build_card("test-generation", training={}, summary=summary, routing=routing,
+                      policy={"threshold": 0.1, "signal": "mean_logprob"}, dataset={"version": "v"}, tags={})
+    assert "weak isolation" in card
+    row = {"adapter_score": 1, "base_score": 1, "claude_score": 1, "quality_ratio": ci, "meets_target": False,
+           "target_ratio": 0.95, "signal": "s", "threshold": 0.1, "local_share": 0.5, "routed_quality_ratio": 0.5,
+           "savings_per_1k_usd": 0.1, "cpt_95": 1, "apgr": 0.5, "sandbox_isolation": WEAK_ISOLATION}
+    report = format_report({"policy_version": "p", "overall": {}, "categories": {"test-generation": row}})
+    assert "test-generation: weak isolation" in report
+
+
+def test_coverage_is_computed_from_arcs_the_focal_code_has():
+    real = [(-1, 1), (1, -1)]  # the module's def statement ran
+    assert sandbox._coverage(FOCAL, real)[0] == pytest.approx(1 / 8)  # 1 of its 8 statements
+    bogus = [(a, b) for a in range(100, 140) for b in range(100, 140)]
+    assert sandbox._coverage(FOCAL, bogus) == (0.0, 0.0)
+
+
+def test_a_second_final_record_or_a_wrong_exit_voids_the_run():
+    final = {"n_tests": 1, "passed": 1, "failed": 0, "timed_out": False, "collection_error": False, "exit_code": 0, "arcs": []}
+    line = json.dumps({"final": final}) + "\n"
+    assert sandbox._read_records(line, "", False, 1.0, True).passed_all
+    assert sandbox._read_records(line, "", False, 1.0, False).status == "crash"
+    assert sandbox._read_records(line * 2, "", False, 1.0, True).status == "crash"
+    forged = json.dumps({"final": {**final, "passed": 5}}) + "\n"
+    assert sandbox._read_records(forged, "", False, 1.0, True).status == "crash"  # more passes than tests
+
+
+def test_the_control_variant_keeps_behaviour_and_changes_the_code():
+    control = sandbox.control_variant(sandbox._normalise(FOCAL))
+    assert control != sandbox._normalise(FOCAL) and "lo > x" in control and "hi < lo" in control
+    namespace: dict = {}
+    exec(control, namespace)
+    assert [namespace["clamp"](x, 0, 10) for x in (-3, 5, 42)] == [0, 5, 10]

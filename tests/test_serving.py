@@ -128,6 +128,7 @@ def test_openai_client_gets_each_categorys_answer_and_route(server, expected):
     assert resp.choices[0].message.content == expected[SERVED[1]]
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["adapters"] == {c: "v1" for c in SERVED} and health["backend"] == "torch"
+    assert "base_model" not in health  # no API key configured, so nobody is shown host paths
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in ("qeforge_requests_total", "qeforge_request_latency_seconds", "qeforge_adapter_switch_seconds",
                  "qeforge_routing_decision_seconds", "qeforge_generated_tokens_total"):
@@ -303,13 +304,21 @@ def test_api_key_guards_everything_but_health(engine, serve):
     import openai
 
     s = serve(engine, api_key="s3cret")
-    assert httpx.get(f"{s.url}/health").status_code == 200
+    public = httpx.get(f"{s.url}/health")
+    assert public.status_code == 200 and public.json()["status"] == "ok"
+    assert {"base_model", "source"}.isdisjoint(public.json()) and artefacts_root(engine) not in public.text  # no paths
+    detailed = httpx.get(f"{s.url}/health", headers={"Authorization": "Bearer s3cret"}).json()
+    assert detailed["base_model"] == engine.snapshot.base_model and detailed["source"] == engine.snapshot.source
     _error(httpx.get(f"{s.url}/v1/models"), 401)
     _error(httpx.get(f"{s.url}/metrics", headers={"Authorization": "Bearer wrong"}), 401)
     _error(httpx.post(f"{s.url}/admin/reload"), 401)
     with pytest.raises(openai.AuthenticationError):
         openai_client(s.url, "wrong").chat.completions.create(model=f"qeforge-{SERVED[0]}", messages=PROMPT)
     assert len(openai_client(s.url, "s3cret").models.list().data) == len(SERVED) + 1
+
+
+def artefacts_root(engine) -> str:
+    return str(engine.snapshot.base_model).rsplit("/", 1)[0]
 
 
 def test_internal_error_is_a_generic_500(artefacts, serve):
@@ -356,3 +365,60 @@ def test_sources_and_cli_arguments(artefacts, qe_home):
     assert [type(s) for s in fallback.sources] == [RegistrySource, LatestLocalSource]
     with pytest.raises(FileNotFoundError, match="RegistrySource.*LatestLocalSource"):  # a fresh QEFORGE_HOME: nothing yet
         default_source().load()
+
+
+def _raw(**fields) -> bytes:
+    """A request body with fields spliced in as raw JSON text (NaN, Infinity, \\ud800 escapes)."""
+    body = json.dumps({"model": f"qeforge-{SERVED[0]}", "messages": PROMPT, "max_tokens": MAX})[:-1]
+    return (body + "".join(f", {json.dumps(k)}: {v}" for k, v in fields.items()) + "}").encode()
+
+
+HOSTILE_BODIES = {  # name: (raw body, expected status, expected param)
+    "temperature NaN": (_raw(temperature="NaN"), 400, "temperature"),
+    "top_p Infinity": (_raw(top_p="Infinity"), 400, "top_p"),
+    "temperature as a string": (_raw(temperature='"0.5"'), 400, "temperature"),
+    "max_tokens true": (_raw(max_tokens="true"), 400, "max_tokens"),
+    "max_tokens 1e400": (_raw(max_tokens="1e400"), 400, "max_tokens"),
+    "max_tokens 10**30": (_raw(max_tokens=str(10**30)), 400, "messages"),  # context_length_exceeded
+    "content null": (_raw(messages='[{"role": "user", "content": null}]'), 400, "messages[0].content"),
+    "a message that is a number": (_raw(messages='[{"role": "user", "content": "hi"}, 5]'), 400, "messages[1]"),
+    "metadata.category a list": (_raw(model='"qeforge"', metadata='{"category": ["test-generation"]}'), 400, "metadata.category"),
+    "metadata.category a dict": (_raw(model='"qeforge"', metadata='{"category": {"a": 1}}'), 400, "metadata.category"),
+    "lone surrogate in content": (_raw(messages='[{"role": "user", "content": "hi \\ud800"}]'), 400, "messages[0].content"),
+    "lone surrogate in a text part": (_raw(messages='[{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]'),
+                                      400, "messages[0].content[0].text"),
+    "lone surrogate in the model": (_raw(model='"qeforge-\\ud800"'), 400, "model"),
+    "lone surrogate in a key": (_raw(metadata='{"\\ud800": "x"}'), 400, "metadata"),
+    "model a number": (_raw(model="123"), 400, "model"),
+    "tools": (_raw(tools='[{"type": "function", "function": {"name": "f"}}]'), 400, "tools"),
+    "n 2": (_raw(n="2"), 400, "n"),
+    "stream true": (_raw(stream="true"), 400, "stream"),
+    "stop": (_raw(stop='["x"]'), 400, "stop"),
+    "a JSON array": (b"[]", 400, None),
+    "invalid UTF-8": (b'{"model": "\xff\xfe"}', 400, None),
+    "nested 10,000 deep": (b'{"model": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400, None),
+}
+
+
+def test_hostile_requests_get_4xx_never_5xx(engine, serve, monkeypatch):
+    def no_tokenizing(*a, **kw):
+        raise AssertionError("a prompt that cannot fit was tokenized")
+
+    s = serve(engine, max_body_bytes=1 << 20)
+    url = f"{s.url}/v1/chat/completions"
+    statuses = {}
+    for name, (body, status, param) in HOSTILE_BODIES.items():
+        r = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        statuses[name] = r.status_code
+        err = _error(r, status)
+        assert err["param"] == param, (name, err)
+    # Over the limit: refused by Content-Length before the body is read, or while a chunked one streams in.
+    huge = json.dumps({"model": f"qeforge-{SERVED[0]}", "messages": [{"role": "user", "content": "x" * (20 << 20)}]}).encode()
+    statuses["20 MB body"] = _error(httpx.post(url, content=huge), 413, "request_too_large") and 413
+    chunks = (huge[i:i + (256 << 10)] for i in range(0, 2 << 20, 256 << 10))
+    statuses["2 MB chunked body"] = _error(httpx.post(url, content=chunks), 413, "request_too_large") and 413
+    # Under the limit but longer than the context can hold at any tokenization: refused untokenized.
+    monkeypatch.setattr(engine._state, "prompt_ids", no_tokenizing)
+    long = {"model": "qeforge", "messages": [{"role": "user", "content": "x" * (900 << 10)}]}  # no classifier run either
+    statuses["900 KB prompt"] = _error(httpx.post(url, json=long), 400, "context_length_exceeded") and 400
+    assert not [name for name, status in statuses.items() if status >= 500]

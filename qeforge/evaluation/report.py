@@ -7,6 +7,7 @@ from pathlib import Path
 
 from qeforge.categories import CATEGORIES
 from qeforge.evaluation.policy import load_policy
+from qeforge.evaluation.sandbox import WEAK_ISOLATION
 
 
 def _read(path: Path) -> dict | None:
@@ -42,6 +43,7 @@ def build_report(evals_dir: Path) -> dict:
             "savings_per_1k_usd": entry["expected_savings_per_1k"],
             "cpt_95": (routing.get("cpt") or {}).get("95"),
             "apgr": routing.get("apgr"),
+            "sandbox_isolation": summary.get("sandbox_isolation"),
         }
     return {"policy_version": policy["version"], "overall": policy["overall"], "categories": categories}
 
@@ -67,6 +69,9 @@ def format_report(report: dict) -> str:
             f"{r['signal']:14} {_f(r['threshold'], '.3f'):>9} {_f(r['local_share'], '.0%'):>6} "
             f"{_f(r['routed_quality_ratio']):>6} {_f(r['savings_per_1k_usd'], '.3f'):>10} {_f(r['cpt_95']):>6} {_f(r['apgr']):>5}"
         )
+    for c, r in report["categories"].items():
+        if r.get("sandbox_isolation") == WEAK_ISOLATION:
+            lines.append(f"{c}: {WEAK_ISOLATION}")
     o = report["overall"]
     lines.append(
         f"overall adapter/Claude (traffic-weighted): {_f(o.get('value'))} [{_f(o.get('ci_low'))}, {_f(o.get('ci_high'))}] "

@@ -21,6 +21,7 @@ import pandas as pd
 
 from qeforge.evaluation import routing, stats
 from qeforge.evaluation.generate import generate, load_adapter_model, prompt_messages
+from qeforge.evaluation.sandbox import isolation_summary
 from qeforge.evaluation.scoring import score_outputs
 from qeforge.evaluation.spec import EvalSpec
 
@@ -166,6 +167,10 @@ def summarize(spec: EvalSpec, frame: pd.DataFrame, *, seed: int = 0) -> dict:
         "adapter_gain_over_base": float(np.mean(a - b)) if len(a) else float("nan"),
         "target_ratio": spec.target_ratio,
         "meets_target": bool(ratio[0] >= spec.target_ratio),
+        # Plain words for the report and the model card when generated code ran without bubblewrap.
+        "sandbox_isolation": isolation_summary(
+            v for who in ("adapter", "base", "claude") if f"{who}_sandbox_isolation" in frame
+            for v in frame[f"{who}_sandbox_isolation"]),
         "detail": {
             col: {who: float(paired[f"{who}_{col}"].astype(float).mean()) for who in ("adapter", "base", "claude")}
             for col in spec.report_columns

@@ -1,59 +1,73 @@
-"""Run untrusted, model-generated pytest suites against a focal module in a child process.
+"""Run untrusted, model-generated pytest suites against a focal module, each run in its own sandbox.
 
-Layers, outermost first:
+Isolation, when bubblewrap (`bwrap`) works here (`isolation == "bubblewrap"`):
 
-- a fresh temp dir as cwd, HOME and TMPDIR, deleted afterwards, and a scrubbed environment;
-- `unshare -rn` where it works: a user + network namespace whose only interface is a down loopback;
-- resource limits the child sets on itself before importing anything of the test's (address
-  space, file size, core dumps, CPU time as an orphan backstop);
-- an audit hook (`sys.addaudithook`) installed before pytest collects the tests: it blocks sockets,
-  process creation, ctypes/cffi and writes outside the temp dir, and reports what it blocked;
-- a wall-clock deadline after which the parent kills the child's whole process group;
-- a canary file outside the sandbox that the parent checks afterwards: `escaped` means it changed.
+- its own user (uid 65534, no capabilities, no further user namespaces), pid, network (a down
+  loopback only), ipc, uts and mount namespaces;
+- a root file system that holds only /usr, the interpreter and its site-packages (read-only), this
+  harness file (`sandbox_harness.py`, read-only), fresh /proc and /dev, and a size-capped tmpfs at /sandbox: the only
+  writable place, holding the focal module, the suite and pytest.ini as read-only files. No other
+  host file exists inside (no /etc, /home, /root, /tmp, the repository or the MLflow database);
+- resource limits the harness sets on itself before importing anything of the suite's;
+- when the harness exits, or the parent kills bwrap at the deadline, the pid namespace's init dies
+  and the kernel kills every process left in it: no daemon outlives the run.
 
-An audit hook shares the interpreter with the code it polices, so a determined attacker can get
-around it. It stops the accidental and the naive; the namespace, limits and canary are the backstop.
+Without bubblewrap (`isolation == "weak"`) a run gets a temp dir, `unshare -rn` where that works and
+the in-process audit hook below. That hook shares the interpreter with the code it polices, so a
+hostile suite can switch it off: the evaluation's report, metadata and model card then say "weak
+isolation". Under bubblewrap the hook stays as a second layer that names what it refused; the tests
+switch it off (`audit_hook=False`) to show that nothing depends on it.
 
-One child run (this file run as a script) measures everything for one (tests, focal) pair: test
-outcomes and line/branch coverage against the original focal code, then the same suite against
-each mutant. The child reports on an inherited, unlinked temp file as JSON lines, written as it
-goes, so a child that dies still leaves what it had measured.
+Scores come from separate runs, each in a fresh sandbox: the suite against the original focal
+module (outcomes and the executed arcs of the focal file), against a control (the same module
+rewritten without changing behaviour), and against each mutant. Every variant sits at the same path
+with the same name, formatted the same way (`ast.unparse`). The parent computes coverage itself,
+from the focal source and the arcs a run reports. See the README's "What a hostile suite can and
+cannot fake" for what this protects.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
-import resource
 import secrets
 import shutil
 import signal
-import socket
-import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-TEST_FILE = "test_generated.py"
+from qeforge.evaluation import sandbox_harness
+from qeforge.evaluation.sandbox_harness import TEST_FILE
+
 STARTUP_GRACE_S = 5.0  # interpreter, pytest and coverage imports on a busy machine
 LOG_TAIL_CHARS = 2000
 MAX_BLOCKED = 50
-FILE_SIZE_MB = 64
+MAX_ARCS = 100_000  # a focal module has far fewer; more is a forged record
+SANDBOX_ROOT = "/sandbox"  # the tmpfs, cwd, HOME and TMPDIR inside bubblewrap
+HARNESS = "/harness/sandbox_harness.py"  # where the harness file is bound, read-only, inside bubblewrap
+NOBODY = 65534
+WEAK_ISOLATION = ("weak isolation: bubblewrap is not available, so generated tests ran under an in-process "
+                  "audit hook that a hostile suite can switch off")
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """`timeout_s` bounds each pytest run (the original and every mutant); the child process as a
-    whole gets (1 + mutants) x timeout_s plus a start-up grace before its process group is killed."""
+    """`timeout_s` bounds each pytest run (the original, the control and every mutant); each run's
+    process gets its budget plus a start-up grace before the parent kills it."""
 
     timeout_s: float = 10.0
     memory_mb: int = 512
-    use_netns: bool | None = None  # None = use `unshare -rn` when it works here
+    use_netns: bool | None = None  # weak mode only: None = use `unshare -rn` when it works here
+    tmpfs_mb: int = 64  # the only writable place under bubblewrap
+    use_bwrap: bool | None = None  # None = bubblewrap when it works here
+    audit_hook: bool = True  # False only under bubblewrap, to show the OS layer holds on its own
 
 
 @dataclass(frozen=True)
@@ -65,23 +79,44 @@ class SandboxResult:
     line_coverage: float  # 0..1 of the focal module's executable lines, from the original-focal run
     branch_coverage: float  # 0..1 of the focal module's branch arcs (1.0 if it ran and has none)
     mutants: int
-    mutants_killed: int  # mutants left unrun (suite failing on the original, deadline) count as surviving
-    blocked: tuple[str, ...]  # what the guard refused, e.g. "socket.connect ('1.1.1.1', 80)"
+    mutants_killed: int  # unrun mutants (suite failing on the original, control failed) count as surviving
+    blocked: tuple[str, ...]  # what the audit hook refused, e.g. "socket.connect ('1.1.1.1', 80)"
     escaped: bool
     duration_s: float
     netns: bool
     log_tail: str  # the end of the original run's pytest output, for debugging
+    isolation: str = "weak"  # "bubblewrap" | "weak"
+    control_passed: bool | None = None  # None: not run (no mutants, or the suite fails on the original)
 
 
 @functools.cache
 def netns_available() -> bool:
     """Whether `unshare -rn` (unprivileged user + network namespaces) works on this machine."""
-    if shutil.which("unshare") is None:
+    return _works(["unshare", "-rn", "true"])
+
+
+@functools.cache
+def bwrap_available() -> bool:
+    """Whether bubblewrap can build this module's sandbox here (installed, user namespaces allowed)."""
+    return shutil.which("bwrap") is not None and _works([*_bwrap_prefix(), "true"])
+
+
+def _works(command: list[str]) -> bool:
+    if shutil.which(command[0]) is None:
         return False
     try:
-        return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(command, capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def isolation_summary(isolations) -> str | None:
+    """What reports say about a set of runs' `isolation` values: None when nothing ran in the
+    sandbox, the plain-words warning when any run had weak isolation."""
+    seen = {i for i in isolations if isinstance(i, str)}
+    if not seen:
+        return None
+    return WEAK_ISOLATION if seen != {"bubblewrap"} else "bubblewrap: own user, pid, network and mount namespaces"
 
 
 def run_tests(
@@ -92,34 +127,122 @@ def run_tests(
     mutants: Sequence[str] = (),
     limits: SandboxLimits = SandboxLimits(),
 ) -> SandboxResult:
-    """Run `test_source` (saved as test_generated.py) against `focal_source` (saved as <module>.py)."""
-    netns = netns_available() if limits.use_netns is None else limits.use_netns
+    """Run `test_source` (saved as test_generated.py) against `focal_source` (saved as <module>.py),
+    then against a behaviour-preserving control and each mutant, every run in a fresh sandbox."""
+    bwrap = bwrap_available() if limits.use_bwrap is None else limits.use_bwrap
+    if not bwrap and not limits.audit_hook:
+        raise ValueError("audit_hook=False needs bubblewrap: without it the hook is the only guard")
+    netns = bwrap or (netns_available() if limits.use_netns is None else limits.use_netns)
     started = time.monotonic()
-    root = os.path.realpath(tempfile.mkdtemp(prefix="qeforge-sandbox-"))
-    # The canary lives outside the sandbox and nothing about it reaches the child.
+    # The canary lives outside every sandbox and nothing about it reaches the runs.
     canary_dir = tempfile.mkdtemp(prefix="qeforge-canary-")
     canary, token = os.path.join(canary_dir, "canary"), secrets.token_hex(16)
     _write(canary, token)
+    run = functools.partial(_run, test_source, module, limits=limits, bwrap=bwrap, netns=netns)
     try:
-        _write(os.path.join(root, f"{module}.py"), focal_source)
-        _write(os.path.join(root, TEST_FILE), test_source)
-        _write(os.path.join(root, "pytest.ini"), "[pytest]\n")  # pins rootdir: no ini above the sandbox applies
-        records, log_tail, timed_out = _run_child(root, module, list(mutants), limits, netns)
+        original_source = _normalise(focal_source)
+        original = run(original_source, limits.timeout_s, measure=True)
+        runs, control_passed, killed = [original], None, 0
+        # Mutants only make sense against a suite that passes on the original: else all are "killed".
+        if mutants and original.passed_all:
+            budget = min(limits.timeout_s, 1.0 + 3 * original.duration)  # 3x slower is as good as hung
+            control = run(control_variant(original_source), budget)
+            runs.append(control)
+            control_passed = control.passed_all
+            # A suite that fails a rewrite with the same behaviour is checking the code, not testing it.
+            if control_passed:
+                for source in mutants:
+                    runs.append(run(_normalise(source), budget))
+                    killed += not runs[-1].passed_all
     finally:
         escaped = not _canary_intact(canary, token)
-        shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(canary_dir, ignore_errors=True)
-    return _summarise(records, log_tail, timed_out, len(mutants), escaped, netns, time.monotonic() - started)
+    final = original.final
+    line_cov, branch_cov = _coverage(original_source, final["arcs"]) if final else (0.0, 0.0)
+    blocked = list(dict.fromkeys(b for r in runs for b in r.blocked))[:MAX_BLOCKED]
+    counts = final or original.progress
+    return SandboxResult(
+        status=original.status, n_tests=counts.get("n_tests", 0), passed=counts.get("passed", 0),
+        failed=counts.get("failed", 0), line_coverage=line_cov, branch_coverage=branch_cov, mutants=len(mutants),
+        mutants_killed=killed, blocked=tuple(blocked), escaped=escaped, duration_s=time.monotonic() - started,
+        netns=netns, log_tail=original.log_tail, isolation="bubblewrap" if bwrap else "weak", control_passed=control_passed,
+    )
 
 
 def run_many(jobs: Sequence[dict], processes: int | None = None, limits: SandboxLimits = SandboxLimits()) -> list[SandboxResult]:
     """`run_tests(**job)` for every job, in job order; a job's own `limits` win over `limits`.
-    Threads are enough: each job's work happens in its own child process."""
+    Threads are enough: each job's work happens in its own child processes."""
     with ThreadPoolExecutor(max_workers=processes or os.cpu_count() or 1) as pool:
         return list(pool.map(lambda job: run_tests(**{"limits": limits, **job}), jobs))
 
 
+# --- the focal variants ------------------------------------------------------------------
+
+# `a < b` and `b > a` agree for numbers and for anything whose comparisons are consistent.
+_MIRROR = {ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE}
+
+
+def _normalise(source: str) -> str:
+    """The source as `ast.unparse` writes it, as mutants are written: formatting tells nothing apart."""
+    try:
+        return ast.unparse(ast.parse(source))
+    except (SyntaxError, ValueError, RecursionError):
+        return source
+
+
+def control_variant(source: str) -> str:
+    """The same behaviour in different code: simple comparisons mirrored (`x < lo` -> `lo > x`;
+    operands that are names or constants, so evaluation order cannot matter) and a `pass` at the top
+    of the module and of every function body. A suite that fails it detects the code (a hash, its
+    text, its size, its bytecode) instead of testing behaviour, and gets no mutation credit."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return source
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _MIRROR:
+            left, right = node.left, node.comparators[0]
+            if all(isinstance(x, (ast.Name, ast.Constant)) for x in (left, right)):
+                node.left, node.comparators, node.ops = right, [left], [_MIRROR[type(node.ops[0])]()]
+        elif isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+            node.body.insert(int(docstring), ast.Pass())
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
 # --- parent side -------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """One sandboxed pytest run, as the parent read it back."""
+
+    final: dict | None  # the validated end-of-run record; None if the run died or was killed first
+    progress: dict  # the last running counts
+    blocked: list[str]
+    log_tail: str
+    timed_out: bool
+    duration: float
+    status: str = field(init=False)
+
+    def __post_init__(self):
+        f = self.final
+        if f is None:
+            self.status = "timeout" if self.timed_out else "crash"
+        elif f["timed_out"]:
+            self.status = "timeout"
+        elif f["collection_error"]:
+            self.status = "collection_error"
+        elif not f["n_tests"]:
+            self.status = "no_tests"
+        else:
+            self.status = "ok"
+
+    @property
+    def passed_all(self) -> bool:
+        f = self.final
+        return self.status == "ok" and not f["failed"] and f["passed"] == f["n_tests"] and f["exit_code"] == 0
 
 
 def _write(path: str, text: str) -> None:
@@ -135,54 +258,99 @@ def _canary_intact(path: str, token: str) -> bool:
         return False
 
 
-def _run_child(root: str, module: str, mutants: list[str], limits: SandboxLimits, netns: bool) -> tuple[str, str, bool]:
-    """Run the child to completion or deadline; (its records, its log tail, whether it was killed)."""
-    deadline = STARTUP_GRACE_S + limits.timeout_s * (1 + len(mutants))
-    command = [sys.executable, "-B", "-s", os.path.abspath(__file__)]
-    if netns:
-        command = ["unshare", "-rn", *command]
-    env = {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "PYTHONPATH": root,
-        "HOME": root,
-        "TMPDIR": root,
-        "PYTHONHASHSEED": "0",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        # Suites are judged on pytest alone, not on whichever plugins this venv happens to have.
-        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-    }
-    # Unlinked files: the child cannot find them by path, and a dead child's output survives.
+def _bwrap_prefix() -> list[str]:
+    """bwrap and its namespaces, the read-only system and interpreter, /proc and /dev."""
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--uid", str(NOBODY), "--gid", str(NOBODY), "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):  # usrmerge links, or real dirs elsewhere
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    # The interpreter and its packages (a venv and the Python it was made from), unless under /usr.
+    for prefix in sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}):
+        if not prefix.startswith("/usr/"):
+            args += ["--ro-bind", prefix, prefix]
+    if not sys.prefix.startswith("/usr/"):
+        args += ["--ro-bind", sys.prefix, sys.prefix]  # the venv's own path, if it is a link
+    return args + ["--proc", "/proc", "--dev", "/dev"]
+
+
+def _bwrap_command(file_fds: dict[str, int], tmpfs_mb: int, env: dict[str, str]) -> list[str]:
+    """The whole bwrap command line for one run; `file_fds` become read-only files in /sandbox."""
+    command = [*_bwrap_prefix(), "--size", str(tmpfs_mb << 20), "--tmpfs", SANDBOX_ROOT,
+               "--ro-bind", os.path.abspath(sandbox_harness.__file__), HARNESS]
+    for name, fd in file_fds.items():
+        command += ["--perms", "0444", "--ro-bind-data", str(fd), f"{SANDBOX_ROOT}/{name}"]
+    # bwrap's own root and /dev are tmpfs without a size cap: read-only, so /sandbox is the only writable place.
+    command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SANDBOX_ROOT, "--clearenv"]
+    for key, value in {"PATH": "/usr/bin:/bin", "HOME": SANDBOX_ROOT, "TMPDIR": SANDBOX_ROOT, **env}.items():
+        command += ["--setenv", key, value]
+    return [*command, "--", sys.executable, "-I", "-B", HARNESS]
+
+
+def _data_file(text: str):
+    f = tempfile.TemporaryFile("w+b")
+    f.write(text.encode("utf-8"))
+    f.seek(0)
+    return f
+
+
+def _run(test_source: str, module: str, focal_source: str, budget_s: float, *, limits: SandboxLimits,
+         bwrap: bool, netns: bool, measure: bool = False) -> _Run:
+    """One pytest run of the suite against one focal variant, to completion or deadline."""
+    deadline = STARTUP_GRACE_S + budget_s
+    # The harness ends with this status, after its `final` record: a suite that writes a record and
+    # exits (os._exit(0)) first must also find this number in the harness's memory.
+    exit_status = 64 + secrets.randbelow(60)
+    files = {f"{module}.py": focal_source, TEST_FILE: test_source,
+             "pytest.ini": "[pytest]\n"}  # pins rootdir: no ini above the sandbox applies
+    started = time.monotonic()
+    # Unlinked files: no run can find them by path, and a dead run's output survives.
     with tempfile.TemporaryFile("a+b") as records, tempfile.TemporaryFile("w+b") as log:
-        config = {
-            "module": module,
-            "mutants": mutants,
-            "timeout_s": limits.timeout_s,
-            "memory_mb": limits.memory_mb,
-            "cpu_s": int(deadline) + 1,
-            "records_fd": records.fileno(),
-        }
-        # No preexec_fn (unsafe with run_many's threads): the child limits itself on start-up.
-        proc = subprocess.Popen(
-            command, cwd=root, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-            pass_fds=(records.fileno(),), start_new_session=True,
-        )
+        config = {"module": module, "timeout_s": budget_s, "memory_mb": limits.memory_mb, "cpu_s": int(deadline) + 1,
+                  "records_fd": records.fileno(), "measure": measure, "audit_hook": limits.audit_hook,
+                  "stop_at_first_failure": not measure, "exit_status": exit_status}
+        base_env = {"LANG": "C.UTF-8", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # judged on pytest alone, no plugins
+        root = None
+        data = [_data_file(text) for text in files.values()]
         try:
-            proc.communicate(json.dumps(config).encode(), timeout=deadline)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            proc.communicate()
-            timed_out = True
+            if bwrap:
+                command = _bwrap_command({name: f.fileno() for name, f in zip(files, data)}, limits.tmpfs_mb, base_env)
+                env, cwd, fds = {"PATH": os.environ.get("PATH", os.defpath)}, "/", [f.fileno() for f in data]
+            else:
+                root = cwd = os.path.realpath(tempfile.mkdtemp(prefix="qeforge-sandbox-"))
+                for name, text in files.items():
+                    _write(os.path.join(root, name), text)
+                command = [sys.executable, "-I", "-B", os.path.abspath(sandbox_harness.__file__)]
+                command = ["unshare", "-rn", *command] if netns else command
+                env, fds = {"PATH": os.environ.get("PATH", os.defpath), "HOME": root, "TMPDIR": root, **base_env}, []
+            # No preexec_fn (unsafe with run_many's threads): the harness limits itself on start-up.
+            proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                    pass_fds=(records.fileno(), *fds), start_new_session=True)
+            try:
+                proc.communicate(json.dumps(config).encode(), timeout=deadline)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                proc.communicate()
+                timed_out = True
+        finally:
+            for f in data:
+                f.close()
+            if root:
+                shutil.rmtree(root, ignore_errors=True)
         records.seek(0)
         log.seek(max(0, log.seek(0, os.SEEK_END) - 4 * LOG_TAIL_CHARS))
         tail = log.read().decode("utf-8", errors="replace")[-LOG_TAIL_CHARS:]
-        return records.read().decode("utf-8", errors="replace"), tail, timed_out
+        text = records.read().decode("utf-8", errors="replace")
+        return _read_records(text, tail, timed_out, time.monotonic() - started, proc.returncode == exit_status)
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the child's process group (it leads one: start_new_session), and the child itself
-    in case it left the group; called before reaping, so the ids cannot have been reused."""
+    """SIGKILL the run's process group (it leads one: start_new_session), and the run itself in case
+    it left the group; called before reaping, so the ids cannot have been reused. Under bubblewrap,
+    bwrap's death takes the pid namespace and everything in it along (--die-with-parent)."""
     for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
         try:
             kill()
@@ -190,234 +358,79 @@ def _kill(proc: subprocess.Popen) -> None:
             pass
 
 
-def _summarise(records: str, log_tail: str, timed_out: bool, n_mutants: int, escaped: bool, netns: bool, duration: float) -> SandboxResult:
+def _count(value, at_most: int | None = None) -> int:
+    if type(value) is not int or value < 0 or (at_most is not None and value > at_most):
+        raise ValueError(f"bad count {value!r}")
+    return value
+
+
+def _validated(final) -> dict:
+    """The end-of-run record with checked types and consistent counts, or ValueError."""
+    n = _count(final["n_tests"])
+    out = {"n_tests": n, "passed": _count(final["passed"], n), "failed": _count(final["failed"], n)}
+    if out["passed"] + out["failed"] > n:
+        raise ValueError("more outcomes than tests")
+    for key in ("timed_out", "collection_error"):
+        if type(final[key]) is not bool:
+            raise ValueError(key)
+        out[key] = final[key]
+    if type(final["exit_code"]) is not int:
+        raise ValueError("exit_code")
+    out["exit_code"] = final["exit_code"]
+    arcs = final["arcs"]
+    if not isinstance(arcs, list) or len(arcs) > MAX_ARCS:
+        raise ValueError("arcs")
+    out["arcs"] = [(a, b) for a, b in arcs if type(a) is int and type(b) is int]
+    return out
+
+
+def _read_records(text: str, log_tail: str, timed_out: bool, duration: float, harness_exited: bool) -> _Run:
     blocked: list[str] = []
-    original: dict | None = None
+    finals: list = []
     progress: dict = {}
-    killed = 0
-    for line in records.splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            continue  # test code can write to the inherited fd too; keep only what parses
+            continue
         if not isinstance(record, dict):
             continue
-        if "blocked" in record and str(record["blocked"]) not in blocked and len(blocked) < MAX_BLOCKED:
-            blocked.append(str(record["blocked"]))
-        elif isinstance(record.get("original"), dict):
-            original = record["original"]
+        if "blocked" in record and len(blocked) < MAX_BLOCKED:
+            blocked.append(str(record["blocked"])[:200])
+        elif "final" in record:
+            finals.append(record["final"])
         elif isinstance(record.get("progress"), dict):
-            progress = record["progress"]
-        elif "mutant" in record:
-            killed += bool(record.get("killed"))
-    if original is None:
-        status = "timeout" if timed_out else "crash"
-        original = progress  # the counts so far; no coverage without a finished run
-    elif original.get("timed_out"):
-        status = "timeout"
-    elif original.get("collection_error"):
-        status = "collection_error"
-    elif not original.get("n_tests"):
-        status = "no_tests"
-    else:
-        status = "ok"  # even if the deadline cut the mutant runs short
-    return SandboxResult(
-        status=status,
-        n_tests=int(original.get("n_tests", 0)),
-        passed=int(original.get("passed", 0)),
-        failed=int(original.get("failed", 0)),
-        line_coverage=float(original.get("line_coverage", 0.0)),
-        branch_coverage=float(original.get("branch_coverage", 0.0)),
-        mutants=n_mutants,
-        mutants_killed=killed,
-        blocked=tuple(blocked),
-        escaped=escaped,
-        duration_s=duration,
-        netns=netns,
-        log_tail=log_tail,
-    )
+            try:
+                progress = {k: _count(record["progress"][k]) for k in ("n_tests", "passed", "failed")}
+            except (KeyError, ValueError):
+                pass
+    final = None
+    # The harness writes exactly one and then exits with the agreed status; anything else is not its record.
+    if len(finals) == 1 and harness_exited:
+        try:
+            final = _validated(finals[0])
+        except (KeyError, TypeError, ValueError):
+            final = None
+    return _Run(final, progress, list(dict.fromkeys(blocked)), log_tail, timed_out, duration)
 
 
-# --- child side --------------------------------------------------------------------------
-
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-# Refused whatever their arguments: networking, process creation, native code, and ways to reach
-# the guard's own state or lift the limits.
-_BLOCKED_EVENTS = frozenset({
-    "socket.bind", "socket.connect", "socket.sendto", "socket.sendmsg", "socket.getaddrinfo",
-    "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo",
-    "subprocess.Popen", "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork", "os.forkpty",
-    "os.killpg", "resource.setrlimit", "resource.prlimit",
-    "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-})
-_BLOCKED_IMPORTS = frozenset({"ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess"})
-
-# Events whose path arguments must lie inside the sandbox: (path index, dir_fd index or None).
-_PATH_ARGS = {
-    "os.remove": ((0, 1),),
-    "os.rmdir": ((0, 1),),
-    "os.rename": ((0, 2), (1, 3)),
-    "shutil.rmtree": ((0, 1),),
-    "os.mkdir": ((0, 2),),
-    "os.link": ((0, 2), (1, 3)),  # the source too: a hard link would make an outside file writable
-    "os.symlink": ((1, 2),),  # where a link points is harmless: writes through it are resolved
-    "os.chmod": ((0, 2),),
-    "os.chown": ((0, 3),),
-    "os.utime": ((0, 3),),
-    "os.truncate": ((0, None),),
-    "os.setxattr": ((0, None),),
-    "os.removexattr": ((0, None),),
-    "sqlite3.connect": ((0, None),),  # sqlite writes from C, past the `open` event
-}
-# These act on the directory entry, not on what a symlink there points to.
-_ENTRY_EVENTS = frozenset({"os.remove", "os.rmdir", "os.rename"})
-
-
-class _OutOfTime(BaseException):
-    """Raised by SIGALRM in the running test: a BaseException, so `except Exception` can't swallow it."""
-
-
-class _Outcomes:
-    """pytest plugin: per-test outcomes, collection errors, and a stop once the time budget is spent.
-    With `emit`, it also reports running counts, which are all the parent gets if the child dies."""
-
-    def __init__(self, emit=None) -> None:
-        self.emit = emit
-        self.session = None
-        self.n_tests = 0
-        self.passed: set[str] = set()
-        self.failed: set[str] = set()
-        self.collection_error = False
-        self.out_of_time = False
-        self.exit_code = 0
-        self.duration = 0.0
-
-    def pytest_sessionstart(self, session) -> None:
-        self.session = session
-
-    def pytest_collectreport(self, report) -> None:
-        self.collection_error |= report.failed
-
-    def pytest_collection_finish(self, session) -> None:
-        self.n_tests = len(session.items)
-        self.progress()
-
-    def pytest_runtest_logreport(self, report) -> None:
-        if report.failed:  # a failing setup or teardown is an error of that test
-            self.failed.add(report.nodeid)
-        elif report.when == "call" and report.passed:
-            self.passed.add(report.nodeid)
-        if self.out_of_time:
-            self.session.shouldstop = "sandbox time budget spent"
-        self.progress()
-
-    def counts(self) -> dict:
-        return {"n_tests": self.n_tests, "passed": len(self.passed - self.failed), "failed": len(self.failed)}
-
-    def progress(self) -> None:
-        if self.emit:
-            self.emit(progress=self.counts())
-
-
-def _child_main() -> None:
-    config = json.loads(sys.stdin.buffer.read())
-    _limit_resources(config["memory_mb"], config["cpu_s"])
-    root, module = os.getcwd(), config["module"]
-    sys.path[0] = root  # not this script's folder, whose modules could shadow the focal one
-    records_fd = config["records_fd"]
-
-    def emit(**record) -> None:
-        os.write(records_fd, (json.dumps(record) + "\n").encode())
-
-    # Trusted imports before the guard: nothing of theirs gets blocked, and they run at full speed.
+def _coverage(source: str, arcs: list[tuple[int, int]]) -> tuple[float, float]:
+    """(line, branch) coverage of the focal source, computed here from the arcs a run reported: a run
+    can only name arcs, and arcs the source does not have count for nothing. (0, 0) if none ran."""
     import coverage
-    import pytest
 
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    _install_guard(root, emit)
-
-    focal_path = os.path.join(root, f"{module}.py")
-    cov = coverage.Coverage(data_file=None, branch=True, include=[focal_path])
-    cov.start()
-    try:
-        run = _pytest_run(pytest, [], config["timeout_s"], emit)
-    finally:
-        cov.stop()
-    line_cov, branch_cov = _coverage(cov, focal_path, root)
-    counts = run.counts()
-    emit(original={
-        **counts, "timed_out": run.out_of_time, "collection_error": run.collection_error,
-        "line_coverage": line_cov, "branch_coverage": branch_cov,
-    })
-
-    # Mutants only make sense against a suite that passes on the original: else all are "killed".
-    if config["mutants"] and run.n_tests and counts["passed"] == run.n_tests:
-        budget = min(config["timeout_s"], 1.0 + 3 * run.duration)  # 3x slower is as good as hung
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(devnull, 1)  # keep the original run's report at the end of the log
-        os.dup2(devnull, 2)
-        for i, source in enumerate(config["mutants"]):
-            with open(focal_path, "w", encoding="utf-8") as f:
-                f.write(source)
-            for name in (module, TEST_FILE[:-3]):
-                sys.modules.pop(name, None)
-            mutant = _pytest_run(pytest, ["-x"], budget)
-            emit(mutant=i, killed=mutant.out_of_time or bool(mutant.failed) or mutant.exit_code != 0)
-    sys.stdout.flush()
-    os._exit(0)  # don't wait for threads or atexit handlers the tests may have left behind
-
-
-def _limit_resources(memory_mb: int, cpu_s: int) -> None:
-    """Soft = hard, so test code cannot raise them again. No RLIMIT_NPROC: it counts every process
-    of the user machine-wide (and root ignores it); the guard refuses process creation instead."""
-    mib = 1 << 20
-    wanted = (
-        (resource.RLIMIT_AS, memory_mb * mib),
-        (resource.RLIMIT_FSIZE, FILE_SIZE_MB * mib),
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_CPU, cpu_s),  # reaps a spinning child whose parent died
-    )
-    for limit, value in wanted:
-        hard = resource.getrlimit(limit)[1]
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(limit, (value, value))
-
-
-def _pytest_run(pytest, extra: list[str], budget_s: float, emit=None) -> _Outcomes:
-    """One pytest session in this process, stopped by SIGALRM after `budget_s` seconds."""
-    outcomes = _Outcomes(emit)
-
-    def on_alarm(signum, frame):
-        outcomes.out_of_time = True
-        raise _OutOfTime(f"sandbox time budget of {budget_s:.1f}s spent")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    started = time.monotonic()
-    signal.setitimer(signal.ITIMER_REAL, budget_s)
-    try:
-        args = [TEST_FILE, "-q", "-p", "no:cacheprovider", "--tb=short", *extra]
-        outcomes.exit_code = int(pytest.main(args, plugins=[outcomes]))
-    except _OutOfTime:  # fired outside any test, between pytest's own steps
-        outcomes.exit_code = -1
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    outcomes.duration = time.monotonic() - started
-    return outcomes
-
-
-def _coverage(cov, focal_path: str, root: str) -> tuple[float, float]:
-    """(line, branch) coverage of the focal module; (0, 0) if it never ran."""
-    from coverage.exceptions import CoverageException
-
-    report = os.path.join(root, ".coverage.json")
-    try:
-        cov.json_report(morfs=[focal_path], outfile=report)
-    except CoverageException:  # no data: the focal module was never imported
-        return 0.0, 0.0
-    with open(report, encoding="utf-8") as f:
-        files = list(json.load(f)["files"].values())
+    with tempfile.TemporaryDirectory(prefix="qeforge-coverage-") as d:
+        path = os.path.join(d, "focal.py")
+        _write(path, source)
+        cov = coverage.Coverage(data_file=None, branch=True, include=[path])
+        cov.get_data().add_arcs({path: set(arcs)})
+        report = os.path.join(d, "coverage.json")
+        try:
+            cov.json_report(morfs=[path], outfile=report)
+        except coverage.exceptions.CoverageException:  # e.g. the focal code does not parse
+            return 0.0, 0.0
+        with open(report, encoding="utf-8") as f:
+            files = list(json.load(f)["files"].values())
     if not files or not files[0]["summary"]["covered_lines"]:
         return 0.0, 0.0
     s = files[0]["summary"]
@@ -426,74 +439,3 @@ def _coverage(cov, focal_path: str, root: str) -> tuple[float, float]:
     return lines, branches
 
 
-def _is_device(path: str) -> bool:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-
-
-def _install_guard(root: str, emit) -> None:
-    """Install the audit hook that confines the test code; what it refuses goes to `emit`."""
-    prefix = os.path.join(root, "")
-
-    def outside(path: str) -> bool:
-        return path != root and not path.startswith(prefix)
-
-    def resolve(path, dir_fd, entry: bool) -> str:
-        if isinstance(path, int):  # an fd: where it really points
-            return os.readlink(f"/proc/self/fd/{path}")
-        path = os.fsdecode(path)
-        if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(path):
-            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
-        if entry:
-            return os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
-        return os.path.realpath(path)
-
-    def violation(event: str, args: tuple) -> str | None:
-        """What to report if `event` must be refused, else None."""
-        if event in _BLOCKED_EVENTS or event.startswith("ctypes."):
-            return " ".join(repr(a) for a in args if not hasattr(a, "fileno"))[:120]
-        if event == "import":
-            return args[0] if args[0] in _BLOCKED_IMPORTS else None
-        if event == "socket.__new__":  # local socket pairs (asyncio's self-pipe) are harmless
-            return None if args[1] == socket.AF_UNIX else f"family={args[1]}"
-        if event == "os.kill":
-            return None if args[0] == os.getpid() else f"pid={args[0]}"
-        if event == "open":
-            path, mode, flags = args
-            writes = (flags or 0) & _WRITE_FLAGS or (mode and any(c in mode for c in "wax+"))
-            if not writes or isinstance(path, int):
-                return None
-            where = resolve(path, None, False)
-            if where == os.devnull:
-                return None
-            # A device node made inside the sandbox (os.mknod has no audit event) is still a device.
-            return where if outside(where) or _is_device(where) else None
-        for index, fd_index in _PATH_ARGS.get(event, ()):
-            path = args[index]
-            if event == "sqlite3.connect":
-                path = os.fsdecode(path).removeprefix("file:").split("?")[0]
-            where = resolve(path, None if fd_index is None else args[fd_index], event in _ENTRY_EVENTS)
-            if outside(where):
-                return where
-        return None
-
-    def hook(event: str, args: tuple) -> None:
-        reason = violation(event, args)
-        if reason is not None:
-            entry = f"{event} {reason}".rstrip()
-            emit(blocked=entry)
-            raise PermissionError(f"blocked by the qeforge sandbox: {entry}")
-
-    # subprocess already holds _posixsubprocess.fork_exec, which forks with no audit event.
-    # Drop both references, so getting it back means an `import` the hook refuses.
-    sys.modules.pop("_posixsubprocess", None)
-    if "subprocess" in sys.modules:
-        sys.modules["subprocess"]._fork_exec = None
-    sys.addaudithook(hook)
-
-
-if __name__ == "__main__":
-    _child_main()

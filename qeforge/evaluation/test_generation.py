@@ -143,7 +143,7 @@ def score_test_generation(
         return {
             "syntax_valid": 0, "n_tests": 0, "pass_rate": 0.0, "line_coverage": 0.0, "edge_coverage": 0.0,
             "mutation_score": 0.0, "rubric_score": 0.0, "sandbox_status": "not_run", "sandbox_ran": False,
-            "escaped": False, "blocked": [], "duration_s": 0.0,
+            "escaped": False, "blocked": [], "duration_s": 0.0, "sandbox_isolation": None,
         }
     focal = metadata["focal_code"]
     result = run_tests(tests, focal, metadata.get("module") or "focal", mutants=make_mutants(focal, n_mutants), limits=limits)
@@ -168,4 +168,5 @@ def score_test_generation(
         "escaped": result.escaped,
         "blocked": list(result.blocked),
         "duration_s": result.duration_s,
+        "sandbox_isolation": result.isolation,
     }

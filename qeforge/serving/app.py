@@ -2,6 +2,10 @@
 
 Errors come back in OpenAI's shape {"error": {message, type, param, code}}; a 500 never carries a
 stack trace (it is logged server-side). Generation runs in a worker thread, so the event loop stays free.
+
+Bad input gets a 4xx, never a 500: the body is read up to `max_body_bytes` (413 beyond it), parsed,
+searched for lone surrogates (they cannot be encoded, so they would fail later), then validated
+strictly (types, finite numbers, ranges); fields the shim does not implement get a 400 naming them.
 """
 
 from __future__ import annotations
@@ -11,18 +15,17 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qeforge.categories import registered_model_name
 from qeforge.serving.engine import AUTO_MODEL, Completion, Engine, ServingError
+from qeforge.serving.requests import BadRequest, default_max_body_bytes, parse_chat_request, read_body
 from qeforge.serving.source import AdapterSource, default_source
 
 log = logging.getLogger(__name__)
@@ -37,21 +40,11 @@ class Settings:
     source: AdapterSource | None = None  # None -> default_source()
     classifier_path: str | None = None
     onnx_cache_dir: str | None = None
+    max_body_bytes: int = field(default_factory=default_max_body_bytes)  # larger chat bodies get a 413
 
     def build_engine(self) -> Engine:
         return Engine(self.source or default_source(), backend=self.backend,
                       classifier_path=self.classifier_path, onnx_cache_dir=self.onnx_cache_dir)
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-    model: str
-    messages: list[dict[str, Any]]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int | None = None
-    stream: bool | None = False
-    metadata: dict[str, Any] | None = None
 
 
 class Metrics:
@@ -96,26 +89,34 @@ class _Unauthorized(Exception):
     pass
 
 
-def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = None) -> FastAPI:
+def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = None,
+               max_body_bytes: int | None = None) -> FastAPI:
     if isinstance(engine_or_settings, Settings):
         engine = engine_or_settings.build_engine()
         api_key = api_key if api_key is not None else engine_or_settings.api_key
+        max_body_bytes = max_body_bytes if max_body_bytes is not None else engine_or_settings.max_body_bytes
     else:
         engine = engine_or_settings
+    max_body_bytes = max_body_bytes if max_body_bytes is not None else default_max_body_bytes()
     metrics = Metrics()
     app = FastAPI(title="qeforge shim", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.metrics = engine, metrics
 
-    def check_key(request: Request) -> None:
-        if not api_key:
-            return
+    def has_key(request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        return bool(api_key) and scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+    def check_key(request: Request) -> None:
+        if api_key and not has_key(request):
             raise _Unauthorized()
 
     @app.exception_handler(_Unauthorized)
     async def unauthorized(request, exc):
         return error(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request, exc: BadRequest):
+        return error(exc.status, exc.message, param=exc.param, code=exc.code)
 
     @app.exception_handler(ServingError)
     async def refused(request, exc: ServingError):
@@ -140,11 +141,12 @@ def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = N
         return error(500, "The server had an error while processing your request.", type_="server_error")
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        """Status for anyone; where the models live (host paths) only for a caller with the API key."""
         snap = engine.snapshot
-        return {"status": "ok", "base_model": snap.base_model, "backend": engine.backend,
-                "adapters": {c: a.version for c, a in snap.adapters.items()},
-                "policy_version": snap.policy_version, "source": snap.source}
+        status = {"status": "ok", "backend": engine.backend, "adapters": {c: a.version for c, a in snap.adapters.items()},
+                  "policy_version": snap.policy_version}
+        return {**status, "base_model": snap.base_model, "source": snap.source} if has_key(request) else status
 
     api = APIRouter(dependencies=[Depends(check_key)])
 
@@ -171,15 +173,15 @@ def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = N
                 "policy_version": snap.policy_version, "source": snap.source}
 
     @api.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(request: Request):
         start = time.perf_counter()
         try:
-            if body.stream:
-                raise ServingError("streaming is not supported", param="stream")
-            if body.n not in (None, 1):
-                raise ServingError("only n=1 is supported", param="n")
+            body, messages = parse_chat_request(await read_body(request, max_body_bytes))
             max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-            c = await run_in_threadpool(engine.complete, body.model, body.messages, max_tokens=max_tokens, metadata=body.metadata)
+            c = await run_in_threadpool(engine.complete, body.model, messages, max_tokens=max_tokens, metadata=body.metadata)
+        except BadRequest as exc:
+            metrics.requests.labels("none", "rejected", str(exc.status)).inc()
+            raise
         except ServingError as exc:
             metrics.requests.labels("none", "rejected", str(exc.status)).inc()
             raise

@@ -223,6 +223,9 @@ class _Loaded:
         self.tokenizer = AutoTokenizer.from_pretrained(snapshot.base_model)
         self.stops = stop_token_ids(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
+        # No token stands for more characters than its own vocabulary string has (byte tokens like
+        # <0x0A> have more), so text longer than context x this cannot fit, however it tokenizes.
+        self.max_token_chars = max(map(len, self.tokenizer.get_vocab()), default=1)
         self.backend = TorchBackend(snapshot) if backend == "torch" else OnnxBackend(snapshot, onnx_cache_dir)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -316,6 +319,13 @@ class Engine:
                                code="model_not_found", param="model")
         return category
 
+    def _check_length(self, msgs: list[dict], state: _Loaded) -> None:
+        context, chars = state.backend.context, sum(len(m["content"]) for m in msgs)
+        if chars > context * state.max_token_chars:
+            raise ServingError(f"This model's maximum context length is {context} tokens. However, your messages have "
+                               f"{chars} characters, more than {context} tokens can hold.",
+                               code="context_length_exceeded", param="messages")
+
     def _max_new(self, prompt_tokens: int, requested: int | None, context: int) -> int:
         if requested is not None and requested < 1:
             raise ServingError("max_tokens must be at least 1", param="max_tokens")
@@ -369,6 +379,7 @@ class Engine:
     def _complete(self, model: str, messages, max_tokens: int | None, metadata: dict | None) -> Completion:
         state = self._state  # this request runs on this snapshot even if a reload swaps it meanwhile
         msgs = normalize_messages(messages)
+        self._check_length(msgs, state)  # before the classifier or the tokenizer sees a 20 MB prompt
         category = self.resolve_category(model, msgs, metadata, state)
         adapter = state.snapshot.adapters[category]
         if not any(m["role"] == "system" for m in msgs):

@@ -55,8 +55,8 @@ def serve_one_request_per_category(source=None, categories: tuple[str, ...] | No
                 print("serve: the shim did not start")
                 return False
             time.sleep(0.2)
-        with urllib.request.urlopen(f"{base}/health", timeout=30) as response:
-            print(f"serve: shim on {base} ({json.loads(response.read())['source']})")
+        with urllib.request.urlopen(f"{base}/health", timeout=30) as response:  # /health shows no paths without a key
+            print(f"serve: shim on {base} ({json.loads(response.read())['status']}, {app.state.engine.snapshot.source})")
         for category in categories or CATEGORIES:
             body = {"model": registered_model_name(category), "max_tokens": 64,
                     "messages": [{"role": "system", "content": SYSTEM_PROMPTS[category]},
