@@ -59,14 +59,18 @@ def quarantine_rate_below_bound(lancedb: LanceDBResource, curation: CurationSett
     )
 
 
-@dg.asset_check(asset="balanced", description="Achieved category shares within tolerance of the target mix")
-def category_mix_within_tolerance(balanced: pd.DataFrame, curation: CurationSettings) -> dg.AssetCheckResult:
-    total = sum(curation.target_mix.values())
-    gaps = {c: abs(float((balanced["category"] == c).mean()) - curation.target_mix.get(c, 0) / total) for c in CATEGORIES}
-    worst = max(gaps, key=gaps.get)
+@dg.asset_check(asset="balanced", additional_ins={"categorized": dg.AssetIn("categorized")},
+                description="No category loses a row to balancing unless the per-category cap asks for it")
+def no_row_dropped_below_cap(balanced: pd.DataFrame, categorized: pd.DataFrame, curation: CurationSettings) -> dg.AssetCheckResult:
+    cap = curation.per_category_cap
+    available = categorized["category"].value_counts()
+    used = balanced["category"].value_counts()
+    short = {c: int(min(available.get(c, 0), cap if cap is not None else available.get(c, 0)) - used.get(c, 0))
+             for c in CATEGORIES}
     return dg.AssetCheckResult(
-        passed=gaps[worst] <= curation.mix_tolerance,
-        metadata={"max_gap": gaps[worst], "worst_category": worst, "tolerance": curation.mix_tolerance},
+        passed=not any(short.values()) and set(balanced["id"]) <= set(categorized["id"]),
+        metadata={"rows_missing": sum(short.values()), "per_category_cap": cap if cap is not None else "none",
+                  **{f"missing/{c}": n for c, n in short.items()}},
     )
 
 
@@ -126,4 +130,4 @@ def no_cross_split_leakage(
     )
 
 
-CURATION_CHECKS = [schema_valid, quarantine_rate_below_bound, category_mix_within_tolerance, splits_non_empty, no_cross_split_leakage]
+CURATION_CHECKS = [schema_valid, quarantine_rate_below_bound, no_row_dropped_below_cap, splits_non_empty, no_cross_split_leakage]
