@@ -64,6 +64,7 @@ class SandboxResult:
     failed: int  # failures + errors
     line_coverage: float  # 0..1 of the focal module's executable lines, from the original-focal run
     branch_coverage: float  # 0..1 of the focal module's branch arcs (1.0 if it ran and has none)
+    missing_lines: tuple[int, ...]  # the focal module's statements the original run never executed
     mutants: int
     mutants_killed: int  # mutants left unrun (suite failing on the original, deadline) count as surviving
     blocked: tuple[str, ...]  # what the guard refused, e.g. "socket.connect ('1.1.1.1', 80)"
@@ -228,6 +229,7 @@ def _summarise(records: str, log_tail: str, timed_out: bool, n_mutants: int, esc
         failed=int(original.get("failed", 0)),
         line_coverage=float(original.get("line_coverage", 0.0)),
         branch_coverage=float(original.get("branch_coverage", 0.0)),
+        missing_lines=tuple(int(n) for n in original.get("missing_lines", ())),
         mutants=n_mutants,
         mutants_killed=killed,
         blocked=tuple(blocked),
@@ -344,11 +346,11 @@ def _child_main() -> None:
         run = _pytest_run(pytest, [], config["timeout_s"], emit)
     finally:
         cov.stop()
-    line_cov, branch_cov = _coverage(cov, focal_path, root)
+    line_cov, branch_cov, missing = _coverage(cov, focal_path, root)
     counts = run.counts()
     emit(original={
         **counts, "timed_out": run.out_of_time, "collection_error": run.collection_error,
-        "line_coverage": line_cov, "branch_coverage": branch_cov,
+        "line_coverage": line_cov, "branch_coverage": branch_cov, "missing_lines": missing,
     })
 
     # Mutants only make sense against a suite that passes on the original: else all are "killed".
@@ -407,23 +409,23 @@ def _pytest_run(pytest, extra: list[str], budget_s: float, emit=None) -> _Outcom
     return outcomes
 
 
-def _coverage(cov, focal_path: str, root: str) -> tuple[float, float]:
-    """(line, branch) coverage of the focal module; (0, 0) if it never ran."""
+def _coverage(cov, focal_path: str, root: str) -> tuple[float, float, list[int]]:
+    """(line, branch) coverage of the focal module and its missing lines; (0, 0, []) if it never ran."""
     from coverage.exceptions import CoverageException
 
     report = os.path.join(root, ".coverage.json")
     try:
         cov.json_report(morfs=[focal_path], outfile=report)
     except CoverageException:  # no data: the focal module was never imported
-        return 0.0, 0.0
+        return 0.0, 0.0, []
     with open(report, encoding="utf-8") as f:
         files = list(json.load(f)["files"].values())
     if not files or not files[0]["summary"]["covered_lines"]:
-        return 0.0, 0.0
+        return 0.0, 0.0, []
     s = files[0]["summary"]
     lines = s["covered_lines"] / s["num_statements"]
     branches = s["covered_branches"] / s["num_branches"] if s["num_branches"] else 1.0
-    return lines, branches
+    return lines, branches, sorted(files[0]["missing_lines"])
 
 
 def _is_device(path: str) -> bool:
