@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import md_image, md_records
+from assets.metadata import md_image, md_records, md_table
 from pipelines.partitions import category_partitions
 from pipelines.resources import mlflow_retries, EvaluationSettings, LanceDBResource, MLflowResource
 from qeforge.categories import CATEGORIES, DEFAULT_MIX
@@ -77,6 +77,11 @@ def adapter_evaluation(
         metadata={
             "eval_spec": f"{spec.name} ({spec.digest})",
             "n_eval": summary["n_eval"],
+            "n_scored": summary["n_scored"],
+            "n_unscorable": summary["n_unscorable"],
+            "unscorable_reasons": md_table(summary["unscorable_reasons"], "reason"),
+            "ground_truth_sources": md_records([{"reference": name, "source": source, "examples": n}
+                                                for name, by in summary["truth_sources"].items() for source, n in by.items()]),
             "n_paired_with_claude": summary["n_paired"],
             "adapter_score": summary["adapter_score"]["value"],
             "base_score": summary["base_score"]["value"],
