@@ -58,10 +58,12 @@ def parse_flaky_verdict(output: str, task: str = "") -> dict:
     maps; a deterministic test's cause is "none"."""
     verdict = re.search(r"verdict\s*[:=-]\s*(not[- ]flaky|non[- ]?flaky|flaky)", output, flags=re.IGNORECASE)
     cause = re.search(r"(?:root cause|cause|category)\s*[:=-]\s*([^\n.;(]+)", output, flags=re.IGNORECASE)
-    return {
-        "verdict": normalize_verdict(verdict.group(1)) if verdict else UNPARSED,
-        "cause": normalize_cause(cause.group(1).strip()) if cause else UNPARSED,
-    }
+    label = normalize_verdict(verdict.group(1)) if verdict else UNPARSED
+    if cause:
+        cause_label = normalize_cause(cause.group(1).strip())
+    else:  # a deterministic test has no cause to name
+        cause_label = "none" if label == "not-flaky" else UNPARSED
+    return {"verdict": label, "cause": cause_label}
 
 
 def parse_review_lines(output: str, task: str = "") -> dict:
