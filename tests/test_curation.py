@@ -108,6 +108,17 @@ def test_tasks_sharing_a_long_context_with_different_answers_are_both_kept():
     assert result.samples[0]["verdict"] == "kept both (answers differ)" and result.samples[0]["answer_cosine"] < 0.95
 
 
+def test_one_function_with_different_tests_and_different_uncovered_lines_is_kept():
+    import json
+
+    rows = {r["id"]: r for r in map(json.loads, (FIXTURES / "benchmark_trajectories.jsonl").read_text().splitlines())}
+    pair = [rows["fizzbuzz-test-fizz"], rows["fizzbuzz-test-buzz"]]
+    f = frame(2, task=[r["task"] for r in pair], output=[r["output"] for r in pair], category=["coverage-analysis"] * 2)
+    result = _dedup(f)
+    # Tasks ~0.98 and answers ~0.95 apart: only the line numbers differ, and they decide.
+    assert len(result.kept) == 2 and result.task_only_matches == 1
+
+
 def test_a_paraphrased_task_with_the_same_answer_is_removed():
     suite = (FIXTURES / "classeval_bank_account_test.py").read_text()
     f = frame(2, task=[_class_task("Write a unittest suite for the `deposit` method of `BankAccount`; cover invalid amounts."),

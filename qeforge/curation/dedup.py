@@ -2,7 +2,8 @@
 
 A pair of rows is a duplicate when
 - their normalized task + answer text is identical (exact), or
-- their tasks AND their answers are both at or above the cosine threshold (semantic).
+- their tasks AND their answers are both at or above the cosine threshold, and the answers name the
+  same numbers (line numbers, expected values), which an encoder barely tells apart (semantic).
 A task-only match is not enough: tasks that share a long context (one class asked about different
 methods, one function with different tests) are near-identical to an encoder while their answers
 differ, and both are worth training on.
@@ -25,6 +26,7 @@ import pandas as pd
 from qeforge.curation.neighbors import connected_components, ivf_pairs
 
 _WS = re.compile(r"\s+")
+_DIGITS = re.compile(r"\d+")
 SAMPLE_PAIRS = 5  # removed pairs (and task-only matches kept) shown per category in the metadata
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -83,9 +85,12 @@ def confirm_pairs(frame: pd.DataFrame, candidates: np.ndarray, threshold: float,
     ib = np.array([position[int(b)] for b in candidates[:, 1]])
     task_cos = np.einsum("ij,ij->i", tasks[ia], tasks[ib])
     answer_cos = np.einsum("ij,ij->i", answers[ia], answers[ib])
+    # Numbers are facts an encoder barely sees: "Uncovered lines: 3, 5, 9" vs "3, 5, 7" is 0.95 apart.
+    numbers = [sorted(_DIGITS.findall(text)) for text in frame["output"].iloc[rows]]
+    same_numbers = np.array([numbers[i] == numbers[j] for i, j in zip(ia, ib)], dtype=bool)
     return pd.DataFrame({
         "a": candidates[:, 0], "b": candidates[:, 1], "task_cosine": task_cos, "answer_cosine": answer_cos,
-        "duplicate": (task_cos >= threshold) & (answer_cos >= threshold),
+        "duplicate": (task_cos >= threshold) & (answer_cos >= threshold) & same_numbers,
     })
 
 

@@ -102,6 +102,9 @@ def score_outputs(spec: EvalSpec, outputs: list[str], examples: list[dict], *, t
         **{f"source_{k}": [t.sources[k] for t in truths] for k in (truths[0].sources if truths else ())},
         **columns,
     })
+    for column in [spec.score_column] if spec.score_column else list(spec.score_weights):
+        if column not in frame:  # every example unscorable: the scorer never ran
+            frame[column] = math.nan
     if not len(frame):
         frame["score"] = pd.Series(dtype=float)
     elif spec.score_column:
