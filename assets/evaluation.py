@@ -92,7 +92,7 @@ def adapter_evaluation(
             "target_ratio": spec.target_ratio,
             "meets_target": summary["meets_target"],
             "adapter_gain_over_base": summary["adapter_gain_over_base"],
-            "scores": md_records([{"metric": col, **{w: round(v, 3) for w, v in by.items()}} for col, by in summary["detail"].items()]),
+            "scores": md_records([{"metric": col, **{w: None if v is None else round(v, 3) for w, v in by.items()}} for col, by in summary["detail"].items()]),
             "scores_plot": md_image(plot, "scores with 95% CI"),
             "examples_path": dg.MetadataValue.path(str(examples_path)),
             "mlflow_run_id": lora_adapter["mlflow_run_id"],
