@@ -156,11 +156,11 @@ def routing_policy(adapter_evaluation: dict, evaluation: EvaluationSettings, mlf
     (out_dir / "routing.json").write_text(json.dumps(result, indent=2))
     entry = policy_entry(spec, result, adapter_evaluation["summary"], adapter_dir=adapter_evaluation["adapter_dir"],
                          dataset_version=adapter_evaluation["dataset_version"])
-    plots = [Path(p) for p in result["plots"].values()]
+    plots = [Path(p) for p in result["plots"].values()]  # none when there was nothing to tune on
     with mlflow_retries():
         log_to_run(mlflow.resolved_tracking_uri(), adapter_evaluation["mlflow_run_id"],
                    metrics=numeric_items("routing", {k: v for k, v in result.items() if k not in ("plots", "threshold")}),
-                   artifacts=[*plots, Path(result["sweep_csv"])], artifact_path="routing",
+                   artifacts=[*plots, *([Path(result["sweep_csv"])] if result["sweep_csv"] else [])], artifact_path="routing",
                    dicts={"policy.json": entry, "routing.json": result})
     confirmed = result["confirmed"]
     return dg.Output(
@@ -174,10 +174,11 @@ def routing_policy(adapter_evaluation: dict, evaluation: EvaluationSettings, mlf
             "quality_ratio_ci_low": confirmed["quality_ratio_low"],
             "quality_ratio_ci_high": confirmed["quality_ratio_high"],
             "savings_per_1k_usd": confirmed["savings_per_1k"],
-            "cpt_50": result["cpt"]["50"], "cpt_80": result["cpt"]["80"], "cpt_95": result["cpt"]["95"],
+            **{f"cpt_{x}": v if v is not None else float("nan") for x, v in result["cpt"].items()},
             "apgr": result["apgr"] if result["apgr"] is not None else float("nan"),
-            "quality_cost_plot": md_image(result["plots"]["quality_cost"], "quality vs cost"),
-            "pgr_plot": md_image(result["plots"]["pgr"], "PGR curve"),
+            **({"quality_cost_plot": md_image(result["plots"]["quality_cost"], "quality vs cost"),
+                "pgr_plot": md_image(result["plots"]["pgr"], "PGR curve")} if result["plots"] else {}),
+            **({"note": result["note"]} if result.get("note") else {}),
         },
     )
 

@@ -259,3 +259,22 @@ def test_unscorable_examples_are_counted_with_reasons_and_left_out_of_every_scor
     assert s["unscorable_reasons"] == {"unsupported_language_java": 1}
     assert s["truth_sources"]["uncovered_lines"]["task.annotated_uncovered_lines"] == 1
     assert s["quality_ratio"]["value"] == pytest.approx(0.75)
+
+
+def test_a_split_with_nothing_scorable_escalates_everything_instead_of_raising(tmp_path):
+    from qeforge.evaluation.routing import Prices
+    from qeforge.evaluation.run import tune_routing
+    from qeforge.evaluation.tracking import plot_scores
+
+    spec = load_spec("test-generation")
+    frame = pd.concat([_frame([5.0, 6.0], [1.0, 1.0], [8.0, 9.0], split="validation"),
+                       _frame([np.nan], [np.nan], [np.nan], split="test")], ignore_index=True).assign(
+        scorable=[True, True, False], unscorable_reason=["", "", "no_code_block"],
+        mean_logprob=[-0.5, -0.2, -0.3], knn_similarity=[0.9, 0.8, 0.7], input_tokens=100, claude_output_tokens=50)
+    summary = summarize(spec, frame)
+    assert summary["n_paired"] == 0 and summary["unscorable_reasons"] == {"no_code_block": 1}
+    assert summary["meets_target"] is False and summary["quality_ratio"]["value"] is None
+    assert plot_scores(summary, tmp_path / "scores.png").exists()
+    routing = tune_routing(spec, frame, Prices(), tmp_path)
+    assert routing["threshold"] == "inf" and routing["confirmed"]["local_share"] == 0.0
+    assert "every request escalates" in routing["note"]

@@ -235,9 +235,10 @@ def tune_routing(spec: EvalSpec, frame: pd.DataFrame, prices: routing.Prices, pl
     frame = frame[frame["scorable"]] if "scorable" in frame else frame
     tune = frame[(frame["split"] == spec.tune_split) & frame["claude_reference"]]
     test = frame[(frame["split"] == spec.eval_split) & frame["claude_reference"]]
-    if tune.empty or test.empty:
-        raise ValueError(f"{spec.task}: routing needs Claude-referenced examples in both {spec.tune_split} "
-                         f"({len(tune)}) and {spec.eval_split} ({len(test)})")
+    if tune.empty or test.empty:  # e.g. every example of a split unscorable: no evidence, so Claude answers
+        return jsonable(escalate_everything(
+            f"no scorable Claude-referenced examples in {spec.tune_split} ({len(tune)}) or {spec.eval_split} "
+            f"({len(test)}): every request escalates"))
 
     def arrays(part, signal):
         return (part[signal].to_numpy(float), part["adapter_score"].to_numpy(float), part["claude_score"].to_numpy(float))
@@ -268,6 +269,16 @@ def tune_routing(spec: EvalSpec, frame: pd.DataFrame, prices: routing.Prices, pl
         "sweep_csv": str(plot_dir / "sweep.csv"),
     }
     return jsonable(result)
+
+
+def escalate_everything(note: str) -> dict:
+    """The policy without evidence: threshold +inf, so every request goes to Claude (quality ratio 1)."""
+    confirmed = {"threshold": math.inf, "n": 0, "local_share": 0.0, "claude_share": 1.0, "quality_ratio": 1.0,
+                 "quality_ratio_low": 1.0, "quality_ratio_high": 1.0, "savings_per_1k": 0.0}
+    return {"signal": SIGNALS[0], "signal_auroc": {s: math.nan for s in SIGNALS}, "threshold": math.inf,
+            "tuned": {k: confirmed[k] for k in ("local_share", "quality_ratio", "savings_per_1k")},
+            "confirmed": confirmed, "cpt": {"50": None, "80": None, "95": None}, "apgr": None,
+            "plots": {}, "sweep_csv": None, "note": note}
 
 
 def policy_entry(spec: EvalSpec, routing_result: dict, summary: dict, *, adapter_dir: str, dataset_version: str) -> dict:
