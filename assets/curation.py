@@ -123,7 +123,7 @@ def trajectory_embeddings(
 @dg.asset(group_name=GROUP, kinds={"numpy", "pytorch"})
 def deduplicated(trajectory_embeddings: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
     """Exact duplicates and pairs whose task AND answer are both >= the cosine threshold removed; best member kept."""
-    vectors = np.stack(trajectory_embeddings["vector"].to_numpy()).astype(np.float32).reshape(-1, EMBEDDING_DIM)
+    vectors = np.array(list(trajectory_embeddings["vector"]), dtype=np.float32).reshape(-1, EMBEDDING_DIM)  # 0 rows too
     result = deduplicate(trajectory_embeddings, vectors, curation.dedup_threshold, seed=curation.seed)
     removed = result.removed
     by_category = {
