@@ -96,7 +96,7 @@ def test_dedup_keeps_best_member_and_reports_kinds():
 
 
 def test_tasks_sharing_a_long_context_with_different_answers_are_both_kept():
-    suite = (FIXTURES / "classeval_bank_account_test.py").read_text()
+    suite = (FIXTURES / "classeval_bank_account_suite.py").read_text()
     deposit, withdraw = suite.split("class BankAccountTestWithdraw")
     f = frame(2, task=[_class_task("Write a unittest suite for the `deposit` method of `BankAccount`."),
                        _class_task("Write a unittest suite for the `withdraw` method of `BankAccount`.")],
@@ -120,7 +120,7 @@ def test_one_function_with_different_tests_and_different_uncovered_lines_is_kept
 
 
 def test_a_paraphrased_task_with_the_same_answer_is_removed():
-    suite = (FIXTURES / "classeval_bank_account_test.py").read_text()
+    suite = (FIXTURES / "classeval_bank_account_suite.py").read_text()
     f = frame(2, task=[_class_task("Write a unittest suite for the `deposit` method of `BankAccount`; cover invalid amounts."),
                        _class_task("Please write unittest tests for BankAccount.deposit, including invalid amounts.")],
               output=[suite, suite], quality=[0.9, 0.95])
