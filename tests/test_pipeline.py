@@ -168,8 +168,12 @@ def test_benchmark_shaped_trajectories_go_through_every_stage_unmodified(qe_home
     for category in CATEGORIES:
         # A weak 2-step adapter may stay a candidate: the blocking champion gate is a verdict, not a crash.
         run = dg.materialize(assets, partition_key=category, resources=resources, selection=job_keys, raise_on_error=False)
-        summaries[category] = run.output_for_node("adapter_evaluation")["summary"]
+        evaluation = run.output_for_node("adapter_evaluation")
+        summaries[category] = evaluation["summary"]
         assert run.output_for_node("registered_adapter")["version"]
+        recorded = run.asset_materializations_for_node("adapter_evaluation")[0].metadata["n_unscorable"].value
+        logged = mlflow.MlflowClient(MLflowResource().resolved_tracking_uri()).get_run(evaluation["mlflow_run_id"]).data.metrics
+        assert recorded == logged["eval/n_unscorable"] == evaluation["summary"]["n_unscorable"]
         checks = {c.check_name: c.passed for c in run.get_asset_check_evaluations()}
         assert checks["evaluated_on_test_split_only"] and checks["sandbox_contained"]
         assert run.success or checks["champion_gate"] is False

@@ -1,4 +1,4 @@
-"""Score a model's pytest suite for a focal module: does it parse, pass, cover, and catch bugs?
+"""Score a model's test suite (pytest or unittest) for focal code: does it parse, pass, cover, and catch bugs?
 
 The suite runs in the sandbox (qeforge.evaluation.sandbox) against the focal code and against a
 few cheap AST mutants of it. The rubric follows the product plan: coverage 40, edge cases 30,
@@ -45,7 +45,7 @@ def extract_tests(output: str) -> str | None:
 
 def _defines_tests(source: str) -> bool:
     """Compiles (compile() also catches what the parser lets through, e.g. a stray `return`)
-    and defines at least one test_ function."""
+    and defines at least one test_ function (a pytest function or a unittest method)."""
     try:
         tree = ast.parse(source)
         compile(tree, "test_generated.py", "exec")
