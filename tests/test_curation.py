@@ -245,3 +245,25 @@ def test_a_crash_while_writing_a_version_leaves_the_previous_one_in_use(tmp_path
     assert current_version(tmp_path) == (first, first_path)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted([first, "CURRENT"])
     assert (first_path / "manifest.json").exists()
+
+
+def test_the_optional_multitask_dataset_is_written_beside_the_categories_and_versioned(tmp_path):
+    from datasets import load_from_disk
+
+    from qeforge.categories import CATEGORIES
+    from qeforge.curation.export import MULTITASK, write_version
+
+    n = 10 * len(CATEGORIES)
+    f = frame(n, category=[c for c in CATEGORIES for _ in range(10)], model=["claude-sonnet-4-6"] * n,
+              group=[f"g{i}" for i in range(n)], metadata=["{}"] * n,
+              split=(["train"] * 6 + ["validation"] * 2 + ["test"] * 2) * len(CATEGORIES))
+    records = dataset_records(f)
+    mixed = pd.concat([mix_rows(f[f["split"] == s], {"test-generation": 0.5, "code-review": 0.5})[0]
+                       for s in ("train", "validation", "test")])
+    plain, _, _ = write_version(records, tmp_path, report={})
+    version, path, _ = write_version(records, tmp_path, report={}, multitask=dataset_records(mixed))
+    assert version != plain  # same rows, one more dataset: another version
+    multitask = load_from_disk(str(path / MULTITASK))
+    # 6/2/2 rows per category and split, two categories at 50/50 -> 12/4/4.
+    assert {s: multitask[s].num_rows for s in multitask} == {"train": 12, "validation": 4, "test": 4}
+    assert set(multitask["train"]["category"]) == {"test-generation", "code-review"}
