@@ -105,7 +105,8 @@ def test_tasks_sharing_a_long_context_with_different_answers_are_both_kept():
     assert len(result.kept) == 2 and result.removed.empty
     # The encoder alone cannot tell them apart: truncated to 256 pieces the tasks are identical.
     assert result.task_only_matches == 1
-    assert result.samples[0]["verdict"] == "kept both (answers differ)" and result.samples[0]["answer_cosine"] < 0.95
+    # Different suites name different numbers, so the answers are not even embedded (cosine nan).
+    assert result.samples[0]["verdict"] == "kept both (answers differ)" and not result.samples[0]["answer_cosine"] >= 0.95
 
 
 def test_one_function_with_different_tests_and_different_uncovered_lines_is_kept():
@@ -115,7 +116,7 @@ def test_one_function_with_different_tests_and_different_uncovered_lines_is_kept
     pair = [rows["fizzbuzz-test-fizz"], rows["fizzbuzz-test-buzz"]]
     f = frame(2, task=[r["task"] for r in pair], output=[r["output"] for r in pair], category=["coverage-analysis"] * 2)
     result = _dedup(f)
-    # Tasks ~0.98 and answers ~0.95 apart: only the line numbers differ, and they decide.
+    # Tasks 0.98 and answers 0.946 apart by cosine: only the line numbers differ, and they decide.
     assert len(result.kept) == 2 and result.task_only_matches == 1
 
 

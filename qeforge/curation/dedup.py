@@ -9,8 +9,9 @@ methods, one function with different tests) are near-identical to an encoder whi
 differ, and both are worth training on.
 
 Cost: candidate pairs come from the task vectors already computed (an IVF scan); only rows in a
-candidate pair get the two extra embeddings (the task view of `task_view.py` when the task is too
-long for the encoder, and the answer), so a corpus with few near-duplicates pays for few.
+candidate pair whose answers name the same numbers are embedded again: the answer, and the task's
+view (`task_view.py`) when the task is too long for the encoder. A corpus with few near-duplicates
+pays for few.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from qeforge.curation.neighbors import connected_components, ivf_pairs
+from qeforge.curation.task_view import task_view
 
 _WS = re.compile(r"\s+")
 _DIGITS = re.compile(r"\d+")
@@ -52,17 +54,11 @@ def best_first(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["quality", "usage_count", "id"], ascending=[False, False, True])
 
 
-def default_embedders() -> tuple[Embed, Embed]:
-    """(task embedder, answer embedder) with the offline MiniLM; tasks through their view."""
-    from qeforge.curation.task_view import task_view
+def load_tokenizer_and_embed() -> tuple[object, Embed]:
+    """The offline MiniLM's tokenizer (for task views) and its unit-vector embedder."""
     from qeforge.embedding import embed_texts, load_encoder
 
-    encoder = load_encoder()
-
-    def tasks(texts: list[str]) -> np.ndarray:
-        return embed_texts([task_view(t, encoder.tokenizer, encoder.max_seq_length) for t in texts])
-
-    return tasks, embed_texts
+    return load_encoder().tokenizer, embed_texts
 
 
 def _exact_pairs(frame: pd.DataFrame) -> np.ndarray:
@@ -72,40 +68,50 @@ def _exact_pairs(frame: pd.DataFrame) -> np.ndarray:
     return np.array([(i, j) for idx in members for i, j in zip(idx, idx[1:])], dtype=np.int64).reshape(-1, 2)
 
 
-def confirm_pairs(frame: pd.DataFrame, candidates: np.ndarray, threshold: float,
-                  embed_tasks: Embed, embed_answers: Embed) -> pd.DataFrame:
-    """Cosines of task views and answers for each candidate pair; `duplicate` when both pass."""
-    rows = np.unique(candidates)
+def confirm_pairs(frame: pd.DataFrame, candidates: np.ndarray, vectors: np.ndarray, threshold: float,
+                  tokenizer=None, embed: Embed | None = None) -> pd.DataFrame:
+    """Cosines of task views and answers for each candidate pair; `duplicate` when both pass.
+
+    Cheapest test first: numbers are facts an encoder barely sees ("Uncovered lines: 3, 5, 9" vs
+    "3, 5, 7" embed 0.95 apart), so answers naming different numbers are different answers and are
+    never embedded. A task that fits the encoder keeps its vector; only longer ones get a view."""
+    numbers = {int(r): sorted(_DIGITS.findall(frame["output"].iloc[int(r)])) for r in np.unique(candidates)}
+    same_numbers = np.array([numbers[int(a)] == numbers[int(b)] for a, b in candidates], dtype=bool)
+    out = pd.DataFrame({"a": candidates[:, 0], "b": candidates[:, 1], "task_cosine": np.nan, "answer_cosine": np.nan,
+                        "duplicate": False})
+    rows = np.unique(candidates[same_numbers])
     if len(rows) == 0:
-        return pd.DataFrame(columns=["a", "b", "task_cosine", "answer_cosine", "duplicate"])
+        return out
+    if embed is None:
+        tokenizer, embed = load_tokenizer_and_embed()
+    texts = frame["task"].iloc[rows].tolist()
+    views = [task_view(t, tokenizer) for t in texts]
+    tasks = vectors[rows].copy()
+    long = [k for k, (view, text) in enumerate(zip(views, texts)) if view != text]
+    if long:
+        tasks[long] = embed([views[k] for k in long])
+    answers = embed(frame["output"].iloc[rows].tolist())
     position = {int(r): k for k, r in enumerate(rows)}
-    tasks = embed_tasks(frame["task"].iloc[rows].tolist())
-    answers = embed_answers(frame["output"].iloc[rows].tolist())
-    ia = np.array([position[int(a)] for a in candidates[:, 0]])
-    ib = np.array([position[int(b)] for b in candidates[:, 1]])
+    ia = np.array([position[int(a)] for a in candidates[same_numbers, 0]])
+    ib = np.array([position[int(b)] for b in candidates[same_numbers, 1]])
     task_cos = np.einsum("ij,ij->i", tasks[ia], tasks[ib])
     answer_cos = np.einsum("ij,ij->i", answers[ia], answers[ib])
-    # Numbers are facts an encoder barely sees: "Uncovered lines: 3, 5, 9" vs "3, 5, 7" is 0.95 apart.
-    numbers = [sorted(_DIGITS.findall(text)) for text in frame["output"].iloc[rows]]
-    same_numbers = np.array([numbers[i] == numbers[j] for i, j in zip(ia, ib)], dtype=bool)
-    return pd.DataFrame({
-        "a": candidates[:, 0], "b": candidates[:, 1], "task_cosine": task_cos, "answer_cosine": answer_cos,
-        "duplicate": (task_cos >= threshold) & (answer_cos >= threshold) & same_numbers,
-    })
+    out.loc[same_numbers, "task_cosine"] = task_cos
+    out.loc[same_numbers, "answer_cosine"] = answer_cos
+    out.loc[same_numbers, "duplicate"] = (task_cos >= threshold) & (answer_cos >= threshold)
+    return out
 
 
 def deduplicate(frame: pd.DataFrame, vectors: np.ndarray, threshold: float, *, seed: int = 0,
-                embedders: tuple[Embed, Embed] | None = None) -> DedupResult:
-    """`vectors`: one unit task vector per row (candidates only); `embedders` default to MiniLM."""
+                tokenizer=None, embed: Embed | None = None) -> DedupResult:
+    """`vectors`: one unit task vector per row, from the same encoder as `embed` (default: MiniLM)."""
     n = len(frame)
     frame = frame.reset_index(drop=True)
     exact = _exact_pairs(frame)
     exact_set = {tuple(p) for p in exact.tolist()}
     candidates = np.array([p for p in ivf_pairs(vectors, threshold, seed=seed).tolist() if tuple(p) not in exact_set],
                           dtype=np.int64).reshape(-1, 2)
-    if len(candidates):
-        embedders = embedders or default_embedders()
-    confirmed = confirm_pairs(frame, candidates, threshold, *(embedders or (None, None)))
+    confirmed = confirm_pairs(frame, candidates, vectors, threshold, tokenizer, embed)
     semantic = confirmed.loc[confirmed["duplicate"].astype(bool), ["a", "b"]].to_numpy(np.int64).reshape(-1, 2)
     groups = connected_components(n, np.concatenate([exact, semantic]))
     exact_groups = connected_components(n, exact)
