@@ -10,7 +10,7 @@ from assets.metadata import counts, md_histogram, md_records, md_table
 from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBResource
 from qeforge import store
 from qeforge.categories import CATEGORIES
-from qeforge.curation.balance import balance
+from qeforge.curation.balance import cap_per_category, mix_rows
 from qeforge.curation.categorize import train_classifier
 from qeforge.curation.dedup import deduplicate
 from qeforge.curation.export import dataset_records, write_version
@@ -155,22 +155,31 @@ def trajectory_embeddings(
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"numpy"})
+@dg.asset(group_name=GROUP, kinds={"numpy", "pytorch"})
 def deduplicated(trajectory_embeddings: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
-    """Exact (normalized hash) and semantic (cosine >= threshold) duplicates removed; best member kept."""
+    """Exact duplicates and pairs whose task AND answer are both >= the cosine threshold removed; best member kept."""
     vectors = stacked_vectors(trajectory_embeddings)
     result = deduplicate(trajectory_embeddings, vectors, curation.dedup_threshold, seed=curation.seed)
+    removed = result.removed
+    by_category = {
+        c: {"rows_in": int(n), "removed_exact": int(((removed["category"] == c) & (removed["kind"] == "exact")).sum()),
+            "removed_semantic": int(((removed["category"] == c) & (removed["kind"] == "semantic")).sum())}
+        for c, n in trajectory_embeddings["category"].fillna("(unlabeled)").value_counts().sort_index().items()
+    }
     return dg.Output(
         result.kept,
         metadata={
             "dagster/row_count": len(result.kept),
             "rows_in": len(trajectory_embeddings),
-            "removed_exact": int((result.removed["kind"] == "exact").sum()),
-            "removed_semantic": int((result.removed["kind"] == "semantic").sum()),
+            "removed_exact": int((removed["kind"] == "exact").sum()),
+            "removed_semantic": int((removed["kind"] == "semantic").sum()),
             "exact_groups": result.exact_groups,
             "semantic_groups": result.semantic_groups,
+            "task_only_matches_kept": result.task_only_matches,
             "threshold": curation.dedup_threshold,
-            "examples": md_records(result.examples),
+            "removed_by_category": md_records([{"category": c, **r} for c, r in by_category.items()]),
+            **{f"removed/{c}": r["removed_exact"] + r["removed_semantic"] for c, r in by_category.items()},
+            "sample_pairs": md_records(result.samples),
         },
     )
 
@@ -218,17 +227,18 @@ def categorized(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame, c
 
 @dg.asset(group_name=GROUP, kinds={"pandas"})
 def balanced(categorized: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
-    """Downsampled to the target mix (never upsampled); shortfalls reported."""
-    frame, report = balance(categorized, curation.target_mix, target_total=curation.target_total)
-    achieved = {c: round(float((frame["category"] == c).mean()), 4) for c in CATEGORIES}
+    """Every row of each category (its best `per_category_cap` when a cap is set): each category trains its own adapter."""
+    frame, report = cap_per_category(categorized, CATEGORIES, curation.per_category_cap)
     return dg.Output(
         frame,
         metadata={
             "dagster/row_count": len(frame),
             "rows_in": len(categorized),
-            "mix": md_records([{"category": c, **r, "achieved_share": achieved[c]} for c, r in report.items()]),
-            "total_shortfall": sum(r["shortfall"] for r in report.values()),
-            **{f"share/{c}": achieved[c] for c in CATEGORIES},
+            "per_category_cap": curation.per_category_cap if curation.per_category_cap is not None else "none",
+            "rows_used_vs_available": md_records([{"category": c, **r} for c, r in report.items()]),
+            "dropped_by_cap": sum(r["dropped_by_cap"] for r in report.values()),
+            **{f"used/{c}": r["used"] for c, r in report.items()},
+            **{f"available/{c}": r["available"] for c, r in report.items()},
         },
     )
 
@@ -268,8 +278,8 @@ def curated_datasets(
             "gated_recorded": int(recorded_gated.get(c, 0)),
             "dedup_removed_recorded": int(recorded_gated.get(c, 0) - recorded_kept.get(c, 0)),
             "after_dedup_and_categorization": int(after_dedup.get(c, 0)),
-            "balanced": int((frame["category"] == c).sum()),
-            "dropped_by_balance": int(after_dedup.get(c, 0) - (frame["category"] == c).sum()),
+            "used": int((frame["category"] == c).sum()),
+            "dropped_by_cap": int(after_dedup.get(c, 0) - (frame["category"] == c).sum()),
             "leakage_groups_multi": int(pd.Series(groups[frame["category"].to_numpy() == c]).value_counts().gt(1).sum()),
         }
         for c in CATEGORIES
@@ -289,7 +299,14 @@ def curated_datasets(
         from qeforge.curation.categorize import CategoryClassifier
 
         classifier = CategoryClassifier.load(classifier_path)
-    version, path, written = write_version(records, dataset_store.path(), report=report, classifier=classifier)
+    multitask = None
+    if curation.multitask_dataset:
+        # Mixed per split, so the multi-task splits never mix rows across the per-category splits.
+        parts = [mix_rows(frame[frame["split"] == s], curation.target_mix) for s in ("train", "validation", "test")]
+        multitask = dataset_records(pd.concat([p for p, _ in parts]))
+        report["multi-task"] = {s: r for s, (_, r) in zip(("train", "validation", "test"), parts)}
+    version, path, written = write_version(records, dataset_store.path(), report=report, classifier=classifier,
+                                           multitask=multitask)
     context.log.info(f"dataset version {version} at {path} ({'written' if written else 'unchanged, reused'})")
     train = frame[frame["split"] == "train"]
     store.write_known_good(lancedb.connect(), train["id"], train["category"], train["quality"],

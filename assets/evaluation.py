@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import md_image, md_records
+from assets.metadata import md_image, md_records, md_table
 from pipelines.partitions import category_partitions
 from pipelines.resources import mlflow_retries, EvaluationSettings, LanceDBResource, MLflowResource
 from qeforge.categories import CATEGORIES, DEFAULT_MIX
@@ -78,6 +78,11 @@ def adapter_evaluation(
         metadata={
             "eval_spec": f"{spec.name} ({spec.digest})",
             "n_eval": summary["n_eval"],
+            "n_scored": summary["n_scored"],
+            "n_unscorable": summary["n_unscorable"],
+            "unscorable_reasons": md_table(summary["unscorable_reasons"], "reason"),
+            "ground_truth_sources": md_records([{"reference": name, "source": source, "examples": n}
+                                                for name, by in summary["truth_sources"].items() for source, n in by.items()]),
             "n_paired_with_claude": summary["n_paired"],
             "adapter_score": summary["adapter_score"]["value"],
             "base_score": summary["base_score"]["value"],
@@ -88,7 +93,7 @@ def adapter_evaluation(
             "target_ratio": spec.target_ratio,
             "meets_target": summary["meets_target"],
             "adapter_gain_over_base": summary["adapter_gain_over_base"],
-            "scores": md_records([{"metric": col, **{w: round(v, 3) for w, v in by.items()}} for col, by in summary["detail"].items()]),
+            "scores": md_records([{"metric": col, **{w: None if v is None else round(v, 3) for w, v in by.items()}} for col, by in summary["detail"].items()]),
             "scores_plot": md_image(plot, "scores with 95% CI"),
             "examples_path": dg.MetadataValue.path(str(examples_path)),
             "mlflow_run_id": lora_adapter["mlflow_run_id"],
@@ -158,11 +163,11 @@ def routing_policy(adapter_evaluation: dict, evaluation: EvaluationSettings, mlf
     (out_dir / "routing.json").write_text(json.dumps(result, indent=2))
     entry = policy_entry(spec, result, adapter_evaluation["summary"], adapter_dir=adapter_evaluation["adapter_dir"],
                          dataset_version=adapter_evaluation["dataset_version"])
-    plots = [Path(p) for p in result["plots"].values()]
+    plots = [Path(p) for p in result["plots"].values()]  # none when there was nothing to tune on
     with mlflow_retries():
         log_to_run(mlflow.resolved_tracking_uri(), adapter_evaluation["mlflow_run_id"],
                    metrics=numeric_items("routing", {k: v for k, v in result.items() if k not in ("plots", "threshold")}),
-                   artifacts=[*plots, Path(result["sweep_csv"])], artifact_path="routing",
+                   artifacts=[*plots, *([Path(result["sweep_csv"])] if result["sweep_csv"] else [])], artifact_path="routing",
                    dicts={"policy.json": entry, "routing.json": result})
     confirmed = result["confirmed"]
     return dg.Output(
@@ -176,10 +181,11 @@ def routing_policy(adapter_evaluation: dict, evaluation: EvaluationSettings, mlf
             "quality_ratio_ci_low": confirmed["quality_ratio_low"],
             "quality_ratio_ci_high": confirmed["quality_ratio_high"],
             "savings_per_1k_usd": confirmed["savings_per_1k"],
-            "cpt_50": result["cpt"]["50"], "cpt_80": result["cpt"]["80"], "cpt_95": result["cpt"]["95"],
+            **{f"cpt_{x}": v if v is not None else float("nan") for x, v in result["cpt"].items()},
             "apgr": result["apgr"] if result["apgr"] is not None else float("nan"),
-            "quality_cost_plot": md_image(result["plots"]["quality_cost"], "quality vs cost"),
-            "pgr_plot": md_image(result["plots"]["pgr"], "PGR curve"),
+            **({"quality_cost_plot": md_image(result["plots"]["quality_cost"], "quality vs cost"),
+                "pgr_plot": md_image(result["plots"]["pgr"], "PGR curve")} if result["plots"] else {}),
+            **({"note": result["note"]} if result.get("note") else {}),
         },
     )
 

@@ -111,9 +111,15 @@ class CurationSettings(dg.ConfigurableResource):
     leakage_threshold: float = Field(
         default=0.90, description="cosine at or above which rows must share a split (below dedup, for margin)"
     )
-    target_mix: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MIX))
-    target_total: int | None = Field(default=None, description="cap on the balanced corpus; None: largest feasible")
-    mix_tolerance: float = Field(default=0.02, description="allowed gap between achieved and target share")
+    target_mix: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_MIX), description="traffic mix: shapes the optional multi-task dataset"
+    )
+    per_category_cap: int | None = Field(
+        default=None, description="most rows (the best) a category's dataset keeps; None: every row it has"
+    )
+    multitask_dataset: bool = Field(
+        default=False, description="also write one multi-task dataset (all categories) at the target mix"
+    )
     split_ratios: list[float] = Field(default_factory=lambda: [0.70, 0.15, 0.15])
     max_quarantine_rate: float = Field(default=0.10, description="asset check bound on quarantined / read")
     embedding_model: str = EMBEDDING_MODEL

@@ -11,7 +11,8 @@ CATEGORIES: tuple[str, ...] = (
     "code-review",
 )
 
-# Target share of each category in the balanced training corpus (the plan's 40/30/20/10).
+# Share of each category in the fleet's traffic (the plan's 40/30/20/10). It weights the overall quality
+# ratio and shapes the optional multi-task dataset; each category's own adapter trains on all its rows.
 DEFAULT_MIX: dict[str, float] = {
     "test-generation": 0.40,
     "coverage-analysis": 0.30,

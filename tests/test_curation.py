@@ -1,17 +1,22 @@
 """Curation functions, tested without Dagster on vectors whose answer is known."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from assets.curation_checks import cross_split_leakage
-from qeforge.curation.balance import balance
+from qeforge.curation.balance import cap_per_category, mix_rows
 from qeforge.curation.categorize import CategoryClassifier, train_classifier
 from qeforge.curation.dedup import deduplicate
 from qeforge.curation.export import content_version, dataset_records
 from qeforge.curation.gate import GateRules, apply_gate
 from qeforge.curation.neighbors import brute_force_pairs, ivf_pairs
 from qeforge.curation.split import assign_splits, leakage_groups
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def unit(x):
@@ -63,22 +68,86 @@ def test_ivf_pairs_match_brute_force_on_planted_near_duplicates():
     assert found <= exact  # exact cosines inside the blocks: no false positives
 
 
+def _class_task(instruction: str) -> str:
+    """A ClassEval-style task: a long class (~590 word pieces, past MiniLM's 256), the question after it."""
+    return f"```python\n{(FIXTURES / 'classeval_bank_account.py').read_text()}```\n\n{instruction}"
+
+
+def _dedup(f):
+    from qeforge.embedding import embed_texts
+
+    return deduplicate(f, embed_texts(f["task"].tolist()), 0.95)
+
+
 def test_dedup_keeps_best_member_and_reports_kinds():
-    rng = np.random.default_rng(1)
-    v = unit(rng.standard_normal((4, 32)))
-    vectors = np.stack([v[0], perturb(v[0], 0.97, rng), v[1], v[2], v[3]])
-    f = frame(5, task=["Parse dates", "parse a date string", "PARSE  dates", "other", "more"],
-              output=["o", "p", "O", "x", "y"], quality=[0.85, 0.95, 0.9, 0.9, 0.9], usage_count=[3, 3, 9, 3, 3])
-    # rows 0 and 2 are exact (case/space) duplicates; row 1 is a semantic duplicate of row 0.
-    vectors[2] = vectors[0]
-    result = deduplicate(f, vectors, 0.95)
+    answer = "def test_parse():\n    assert parse_date('2026-01-02') == date(2026, 1, 2)"
+    f = frame(5, task=["Write pytest tests for parse_date(text), which reads ISO dates.",
+                       "Write pytest tests for parse_date(text), which parses ISO dates.",
+                       "WRITE  pytest tests for parse_date(text), which reads ISO dates.",
+                       "Review this diff for SQL injection.", "Is test_upload flaky?"],
+              output=[answer, answer, answer, "Line 3: use a bound parameter.", "Verdict: flaky"],
+              quality=[0.85, 0.95, 0.9, 0.9, 0.9], usage_count=[3, 3, 9, 3, 3])
+    result = _dedup(f)
     assert sorted(result.kept["id"]) == ["r0001", "r0003", "r0004"]  # r0001 has the best quality in the group
     kinds = dict(zip(result.removed["id"], result.removed["kind"]))
-    # Both differ from the leader r0001 only semantically; r0000/r0002 form one exact group.
+    # Rows 0 and 2 are one exact (case/space) group; row 1 joins it semantically and leads it.
     assert kinds == {"r0000": "semantic", "r0002": "semantic"}
     assert (result.exact_groups, result.semantic_groups) == (1, 0)
     assert set(result.removed["duplicate_of"]) == {"r0001"}
     assert result.kept.set_index("id").loc["r0001", "dup_group_size"] == 3
+    assert result.removed.set_index("id").loc["r0000", "answer_cosine"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_tasks_sharing_a_long_context_with_different_answers_are_both_kept():
+    suite = (FIXTURES / "classeval_bank_account_suite.py").read_text()
+    deposit, withdraw = suite.split("class BankAccountTestWithdraw")
+    f = frame(2, task=[_class_task("Write a unittest suite for the `deposit` method of `BankAccount`."),
+                       _class_task("Write a unittest suite for the `withdraw` method of `BankAccount`.")],
+              output=[deposit, "import unittest\n\nclass BankAccountTestWithdraw" + withdraw])
+    result = _dedup(f)
+    assert len(result.kept) == 2 and result.removed.empty
+    # The encoder alone cannot tell them apart: truncated to 256 pieces the tasks are identical.
+    assert result.task_only_matches == 1
+    # Different suites name different numbers, so the answers are not even embedded (cosine nan).
+    assert result.samples[0]["verdict"] == "kept both (answers differ)" and not result.samples[0]["answer_cosine"] >= 0.95
+
+
+def test_one_function_with_different_tests_and_different_uncovered_lines_is_kept():
+    import json
+
+    rows = {r["id"]: r for r in map(json.loads, (FIXTURES / "benchmark_trajectories.jsonl").read_text().splitlines())}
+    pair = [rows["fizzbuzz-test-fizz"], rows["fizzbuzz-test-buzz"]]
+    f = frame(2, task=[r["task"] for r in pair], output=[r["output"] for r in pair], category=["coverage-analysis"] * 2)
+    result = _dedup(f)
+    # Tasks 0.98 and answers 0.946 apart by cosine: only the line numbers differ, and they decide.
+    assert len(result.kept) == 2 and result.task_only_matches == 1
+
+
+def test_a_paraphrased_task_with_the_same_answer_is_removed():
+    suite = (FIXTURES / "classeval_bank_account_suite.py").read_text()
+    f = frame(2, task=[_class_task("Write a unittest suite for the `deposit` method of `BankAccount`; cover invalid amounts."),
+                       _class_task("Please write unittest tests for BankAccount.deposit, including invalid amounts.")],
+              output=[suite, suite], quality=[0.9, 0.95])
+    result = _dedup(f)
+    assert result.kept["id"].tolist() == ["r0001"]
+    removed = result.removed.iloc[0]
+    assert (removed["id"], removed["kind"], removed["category"]) == ("r0000", "semantic", "test-generation")
+    assert 0.95 <= removed["task_cosine"] < 0.999  # different words, measured on the task views
+    assert result.samples[0]["verdict"] == "removed (semantic)"
+
+
+def test_task_view_keeps_the_instruction_and_both_ends_of_a_long_context():
+    from qeforge.curation.task_view import task_view
+    from qeforge.embedding import load_encoder
+
+    tokenizer = load_encoder().tokenizer
+    task = _class_task("Write a unittest suite for the `withdraw` method.")
+    view = task_view(task, tokenizer)
+    assert len(tokenizer.tokenize(task)) > 256 >= len(tokenizer.tokenize(view)) + 2
+    instruction, head_and_tail = view.split(" | ", 1)  # the instruction first, though the task ends with it
+    assert "withdraw" in instruction
+    assert head_and_tail.startswith("class bankaccount") and head_and_tail.endswith("self. amount = amount")
+    assert task_view("Is this test flaky?", tokenizer) == "Is this test flaky?"  # short tasks are embedded whole
 
 
 def test_near_duplicates_straddling_a_split_stay_together():
@@ -107,15 +176,23 @@ def test_splits_are_stratified_and_near_target_ratios():
         assert abs(shares["train"] - 0.70) <= 0.01 and abs(shares["test"] - 0.15) <= 0.01
 
 
-def test_balance_never_invents_rows_and_reports_shortfall():
+def test_balance_keeps_every_row_unless_a_cap_says_so():
     f = frame(100, category=["test-generation"] * 70 + ["code-review"] * 30, quality=np.linspace(0.8, 1.0, 100))
-    out, report = balance(f, {"test-generation": 0.5, "code-review": 0.5})
-    assert out["category"].value_counts().to_dict() == {"test-generation": 30, "code-review": 30}
-    assert report["test-generation"]["dropped_surplus"] == 40
+    out, report = cap_per_category(f, ["test-generation", "code-review"])
+    assert len(out) == 100 and report["code-review"] == {"available": 30, "used": 30, "dropped_by_cap": 0}
+    capped, report = cap_per_category(f, ["test-generation", "code-review"], cap=50)
+    assert capped["category"].value_counts().to_dict() == {"test-generation": 50, "code-review": 30}
+    assert report["test-generation"]["dropped_by_cap"] == 20
     # The best test-generation rows are the ones kept.
-    assert out[out["category"] == "test-generation"]["quality"].min() >= f["quality"].iloc[40]
-    _, capped = balance(f, {"test-generation": 0.5, "code-review": 0.5}, target_total=100)
-    assert capped["code-review"]["shortfall"] == 20
+    assert capped[capped["category"] == "test-generation"]["quality"].min() >= f["quality"].iloc[20]
+
+
+def test_multitask_mix_is_the_largest_subset_at_the_shares():
+    f = frame(100, category=["test-generation"] * 70 + ["code-review"] * 30, quality=np.linspace(0.8, 1.0, 100))
+    out, report = mix_rows(f, {"test-generation": 0.5, "code-review": 0.5})
+    # code review decides: N = 30 / 0.5 = 60 -> 30 + 30, never upsampled.
+    assert out["category"].value_counts().to_dict() == {"test-generation": 30, "code-review": 30}
+    assert report["test-generation"] == {"available": 70, "share": 0.5, "selected": 30}
 
 
 def test_classifier_learns_separable_categories_and_round_trips(tmp_path):
@@ -172,3 +249,25 @@ def test_a_crash_while_writing_a_version_leaves_the_previous_one_in_use(tmp_path
     assert current_version(tmp_path) == (first, first_path)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted([first, "CURRENT"])
     assert (first_path / "manifest.json").exists()
+
+
+def test_the_optional_multitask_dataset_is_written_beside_the_categories_and_versioned(tmp_path):
+    from datasets import load_from_disk
+
+    from qeforge.categories import CATEGORIES
+    from qeforge.curation.export import MULTITASK, write_version
+
+    n = 10 * len(CATEGORIES)
+    f = frame(n, category=[c for c in CATEGORIES for _ in range(10)], model=["claude-sonnet-4-6"] * n,
+              group=[f"g{i}" for i in range(n)], metadata=["{}"] * n,
+              split=(["train"] * 6 + ["validation"] * 2 + ["test"] * 2) * len(CATEGORIES))
+    records = dataset_records(f)
+    mixed = pd.concat([mix_rows(f[f["split"] == s], {"test-generation": 0.5, "code-review": 0.5})[0]
+                       for s in ("train", "validation", "test")])
+    plain, _, _ = write_version(records, tmp_path, report={})
+    version, path, _ = write_version(records, tmp_path, report={}, multitask=dataset_records(mixed))
+    assert version != plain  # same rows, one more dataset: another version
+    multitask = load_from_disk(str(path / MULTITASK))
+    # 6/2/2 rows per category and split, two categories at 50/50 -> 12/4/4.
+    assert {s: multitask[s].num_rows for s in multitask} == {"train": 12, "validation": 4, "test": 4}
+    assert set(multitask["train"]["category"]) == {"test-generation", "code-review"}

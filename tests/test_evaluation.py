@@ -150,3 +150,131 @@ def test_policy_is_content_versioned_and_current_moves(tmp_path):
 def test_jsonable_keeps_infinities_readable():
     assert jsonable({"t": math.inf, "n": math.nan, "x": np.float32(0.5), "k": [np.int64(2)]}) == \
         {"t": "inf", "n": None, "x": 0.5, "k": [2]}
+
+
+# --- Ground truth from the trajectory: rows of the benchmark-shaped fixture, which carry no metadata ---
+
+def _benchmark(category):
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "benchmark_trajectories.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["id"]: {"id": r["id"], "task": r["task"], "reference": r["output"], "metadata": r.get("metadata") or {}}
+            for r in rows if r.get("category") == category}
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"generation": {"max_new_tokens": 64, "do_sample": True}}, r"unknown key\(s\) \['do_sample'\] in `generation`"),
+        ({"promt": "chat"}, r"unknown key\(s\) \['promt'\] in the top level"),
+        ({"prompt": "completion"}, "prompt 'completion' is not one of"),
+        ({"metrics": [{"module": "set_f1", "predictions": "parsed.uncovered_lines", "references": ["metadata.x"],
+                       "per_example": {}, "weight": 1}]}, r"unknown key\(s\) \['weight'\] in `metric`"),
+        ({"metrics": [{"module": "set_f1", "predictions": "parsed.uncovered_lines", "references": ["task.nothing"]}]},
+         "unknown source 'task.nothing'"),
+    ],
+)
+def test_a_spec_with_an_unknown_key_or_source_is_an_error(tmp_path, patch, message):
+    import yaml
+
+    raw = yaml.safe_load(open(load_spec.__globals__["TASKS_DIR"] / "coverage-analysis.yaml"))
+    raw.update(patch)
+    (tmp_path / "coverage-analysis.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(EvalSpecError, match=message):
+        load_spec("coverage-analysis", tmp_path)
+
+
+def test_test_generation_scores_a_classeval_class_from_the_task_and_counts_what_it_cannot_run():
+    spec = load_spec("test-generation")
+    rows = _benchmark("test-generation")
+    examples = [rows[i] for i in ("classeval-bank-withdraw", "roman-unittest", "java-bounded-stack", "retry-no-code")]
+    # The recorded reference suites run in the sandbox: a ClassEval-style unittest suite that uses the
+    # class without importing it, and a unittest suite importing `roman`.
+    frame, _ = score_outputs(spec, [e["reference"] for e in examples], examples, workers=2)
+    withdraw, roman, java, no_code = frame.to_dict("records")
+    assert withdraw["source_focal_code"] == "task.focal_code" and withdraw["sandbox_status"] == "ok"
+    assert withdraw["n_tests"] == 3 and withdraw["pass_rate"] == 1.0 and 0 < withdraw["line_coverage"] < 1
+    assert roman["pass_rate"] == 1.0 and roman["line_coverage"] == 1.0 and roman["score"] == pytest.approx(10.0)
+    assert (java["scorable"], java["unscorable_reason"]) == (False, "unsupported_language_java")
+    assert (no_code["scorable"], no_code["unscorable_reason"]) == (False, "no_code_block")
+    assert math.isnan(java["score"]) and math.isnan(no_code["score"])
+    # A suite that fails on the class scores below the reference that passes.
+    broken = score_outputs(spec, [withdraw["output"].replace("-40", "-41")], examples[:1])[0]
+    assert 0 < broken["pass_rate"][0] < 1 and broken["score"][0] < withdraw["score"]
+
+
+def test_coverage_truth_comes_from_the_annotated_listing_or_a_traced_run_and_lines_may_be_named_by_code():
+    spec = load_spec("coverage-analysis")
+    rows = _benchmark("coverage-analysis")
+    clamp, median, fizz, java = (rows[i] for i in ("coverageeval-clamp", "coverageeval-median", "fizzbuzz-test-buzz", "java-coverage"))
+    outputs = [
+        clamp["reference"],                                           # by code: `return lo`, `return hi`, the raise
+        "Uncovered lines: 5, 7",                                      # by number, one missed
+        median["reference"],                                          # the listing with `!` marks
+        "Uncovered lines: 3, 5, 7, 10",                               # traced: fizzbuzz(10) runs 2, 4, 6, 8, 9
+        "Uncovered lines: 3",
+    ]
+    frame, _ = score_outputs(spec, outputs, [clamp, clamp, median, fizz, java], workers=2)
+    assert frame["source_uncovered_lines"].tolist()[:4] == ["task.annotated_uncovered_lines"] * 3 + ["task.traced_uncovered_lines"]
+    # clamp misses lines 3, 5, 7; naming 5 and 7 is precision 1, recall 2/3 -> F1 0.8.
+    assert frame["score"].tolist()[:4] == pytest.approx([1.0, 0.8, 1.0, 1.0])
+    assert frame["unscorable_reason"][4] == "unsupported_language_java"
+
+
+def test_flaky_labels_in_other_taxonomies_are_read_from_the_recorded_answer_and_normalized():
+    from qeforge.evaluation.flaky_causes import normalize_cause
+
+    assert [normalize_cause(c) for c in ("ID", "OD-Vic", "Async Wait", "I/O", "Platform Dependency", "NOD", None)] == \
+        ["unordered-collections", "order-dependency", "async-wait", "io", "platform", "other", "none"]
+    spec = load_spec("flaky-detection")
+    rows = _benchmark("flaky-detection")
+    hashmap, stable = rows["flakylens-hashmap-order"], rows["flakylens-deterministic-parse"]
+    outputs = ["Verdict: flaky\nCause: unordered collections", "Verdict: flaky\nCause: order-dependency",
+               "Verdict: not flaky", "Verdict: flaky\nCause: time"]
+    frame, _ = score_outputs(spec, outputs, [hashmap, hashmap, stable, stable])
+    assert set(frame["source_cause"]) == {"reference.parsed.cause"}
+    assert frame["score"].tolist() == pytest.approx([1.0, 0.7, 1.0, 0.0])
+
+
+def test_code_review_without_metadata_scores_against_the_recorded_comment():
+    spec = load_spec("code-review")
+    rows = _benchmark("code-review")
+    plain, with_line = rows["review-sql-fstring"], rows["review-mutable-default"]
+    frame, _ = score_outputs(spec, [plain["reference"], "Looks good to me.", with_line["reference"], "Line 3: typo"],
+                             [plain, plain, with_line, with_line])
+    # No line named in the comment: the score is ROUGE-L alone; with one, half of it is the same line.
+    assert math.isnan(frame["same_lines"][0]) and frame["score"][0] == pytest.approx(1.0)
+    assert frame["score"][1] == pytest.approx(frame["rougeL"][1]) and frame["rougeL"][1] < 0.2
+    assert frame["same_lines"].tolist()[2:] == [1.0, 0.0] and frame["score"][2] == pytest.approx(1.0)
+
+
+def test_unscorable_examples_are_counted_with_reasons_and_left_out_of_every_score():
+    spec = load_spec("coverage-analysis")
+    frame = _frame([0.5, 1.0, np.nan], [0.0, 0.5, np.nan], [1.0, 1.0, np.nan]).assign(
+        scorable=[True, True, False], unscorable_reason=["", "", "unsupported_language_java"],
+        source_uncovered_lines=["task.annotated_uncovered_lines", "metadata.uncovered_lines", "none"])
+    s = summarize(spec, frame)
+    assert (s["n_eval"], s["n_scored"], s["n_paired"], s["n_unscorable"]) == (3, 2, 2, 1)
+    assert s["unscorable_reasons"] == {"unsupported_language_java": 1}
+    assert s["truth_sources"]["uncovered_lines"]["task.annotated_uncovered_lines"] == 1
+    assert s["quality_ratio"]["value"] == pytest.approx(0.75)
+
+
+def test_a_split_with_nothing_scorable_escalates_everything_instead_of_raising(tmp_path):
+    from qeforge.evaluation.routing import Prices
+    from qeforge.evaluation.run import tune_routing
+    from qeforge.evaluation.tracking import plot_scores
+
+    spec = load_spec("test-generation")
+    frame = pd.concat([_frame([5.0, 6.0], [1.0, 1.0], [8.0, 9.0], split="validation"),
+                       _frame([np.nan], [np.nan], [np.nan], split="test")], ignore_index=True).assign(
+        scorable=[True, True, False], unscorable_reason=["", "", "no_code_block"],
+        mean_logprob=[-0.5, -0.2, -0.3], knn_similarity=[0.9, 0.8, 0.7], input_tokens=100, claude_output_tokens=50)
+    summary = summarize(spec, frame)
+    assert summary["n_paired"] == 0 and summary["unscorable_reasons"] == {"no_code_block": 1}
+    assert summary["meets_target"] is False and summary["quality_ratio"]["value"] is None
+    assert plot_scores(summary, tmp_path / "scores.png").exists()
+    routing = tune_routing(spec, frame, Prices(), tmp_path)
+    assert routing["threshold"] == "inf" and routing["confirmed"]["local_share"] == 0.0
+    assert "every request escalates" in routing["note"]

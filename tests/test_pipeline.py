@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -41,7 +42,7 @@ def test_curation_graph_materializes_with_passing_checks(demo_bank, qe_home):
         "schema_valid": True,
         "quarantine_rate_below_bound": True,
         "rows_pass_gate": True,
-        "category_mix_within_tolerance": True,
+        "no_row_dropped_below_cap": True,
         "splits_non_empty": True,
         "no_cross_split_leakage": True,
     }
@@ -68,8 +69,9 @@ def test_curation_graph_materializes_with_passing_checks(demo_bank, qe_home):
     assert corpus["quarantined"] == summary.quarantined_total and corpus["dedup_removed"] > 0
     for category in CATEGORIES:
         counts = manifest["report"][category]
-        assert counts["balanced"] == sum(out["splits"][category].values())
-        assert counts["after_dedup_and_categorization"] - counts["dropped_by_balance"] == counts["balanced"]
+        assert counts["used"] == sum(out["splits"][category].values())
+        assert counts["after_dedup_and_categorization"] - counts["dropped_by_cap"] == counts["used"]
+        assert counts["dropped_by_cap"] == 0  # no cap: every good row reaches its category's dataset
 
     # Training through Dagster: the tiny base, then one category partition, logged to MLflow.
     resources = {**defs.resources, "training": TrainingSettings(base_pretrain_steps=30)}
@@ -133,3 +135,59 @@ def test_empty_bank_fails_with_a_clear_message(qe_home):
     assert not result.success
     failure = result.failure_data_for_node("raw_trajectories")
     assert "qeforge demo-data" in failure.error.message
+
+
+BENCHMARK = Path(__file__).parent / "fixtures" / "benchmark_trajectories.jsonl"
+
+
+def test_benchmark_shaped_trajectories_go_through_every_stage_unmodified(qe_home):
+    """Rows shaped like ClassEval / CoverageEval / FlakyLens / human reviews, no demo metadata:
+    import -> curation -> training -> evaluation -> routing -> registry."""
+    before = BENCHMARK.read_bytes()
+    imported = subprocess.run([sys.executable, "-m", "qeforge.cli", "import", "--format", "jsonl", str(BENCHMARK)],
+                              capture_output=True, text=True, check=True)
+    assert "read 50, imported 49, already present 0, quarantined 1" in imported.stdout
+
+    resources = {**defs.resources, "training": TrainingSettings(base_pretrain_steps=30)}
+    assets = list(defs.assets)
+    curation = dg.materialize(assets, resources=resources,
+                              selection=dg.AssetSelection.groups("curation") | dg.AssetSelection.assets("base_model"))
+    meta = lambda node: {k: v.value for k, v in curation.asset_materializations_for_node(node)[0].metadata.items()}  # noqa: E731
+    assert meta("quality_gated")["dagster/row_count"] == 48  # the failed trajectory is gated out
+    dedup = meta("deduplicated")
+    # Removed: the re-exported slugify row (exact) and the reworded deposit request (same suite).
+    assert (dedup["removed_exact"], dedup["removed_semantic"], dedup["dagster/row_count"]) == (1, 1, 46)
+    assert "Please write unittest tests for BankAccount.deposit" in dedup["sample_pairs"]
+    assert dedup["task_only_matches_kept"] > 0  # one class, other methods; one function, other tests
+    balanced = meta("balanced")
+    assert balanced["dropped_by_cap"] == 0 and balanced["dagster/row_count"] == 46
+    assert {c: balanced[f"used/{c}"] for c in CATEGORIES} == {
+        "test-generation": 12, "coverage-analysis": 12, "flaky-detection": 12, "code-review": 10}
+
+    job_keys = list(defs.resolve_job_def("category").asset_layer.executable_asset_keys)
+    summaries = {}
+    for category in CATEGORIES:
+        # A weak 2-step adapter may stay a candidate: the blocking champion gate is a verdict, not a crash.
+        run = dg.materialize(assets, partition_key=category, resources=resources, selection=job_keys, raise_on_error=False)
+        evaluation = run.output_for_node("adapter_evaluation")
+        summaries[category] = evaluation["summary"]
+        assert run.output_for_node("registered_adapter")["version"]
+        recorded = run.asset_materializations_for_node("adapter_evaluation")[0].metadata["n_unscorable"].value
+        logged = mlflow.MlflowClient(MLflowResource().resolved_tracking_uri()).get_run(evaluation["mlflow_run_id"]).data.metrics
+        assert recorded == logged["eval/n_unscorable"] == evaluation["summary"]["n_unscorable"]
+        checks = {c.check_name: c.passed for c in run.get_asset_check_evaluations()}
+        assert checks["evaluated_on_test_split_only"] and checks["sandbox_contained"]
+        assert run.success or checks["champion_gate"] is False
+    assert all(s["n_scored"] > 0 and s["claude_score"]["value"] is not None for s in summaries.values())
+    assert set(summaries["coverage-analysis"]["truth_sources"]["uncovered_lines"]) == {"task.annotated_uncovered_lines"}
+    assert summaries["flaky-detection"]["truth_sources"]["cause"] == {"reference.parsed.cause": 2}
+    dg.materialize(assets, resources=resources, selection=["routing_policies"])
+
+    shown = subprocess.run([sys.executable, "-m", "qeforge.cli", "report", "--json"], capture_output=True, text=True, check=True)
+    report = json.loads(shown.stdout)["categories"]
+    # The task without code lands in the test split: counted with its reason, left out of the scores.
+    assert report["test-generation"]["unscorable_reasons"] == {"no_code_block": 1}
+    assert report["test-generation"]["n_unscorable"] == 1 and report["test-generation"]["n_paired"] == 1
+    table = subprocess.run([sys.executable, "-m", "qeforge.cli", "report"], capture_output=True, text=True, check=True).stdout
+    assert "test-generation 1 no_code_block" in table
+    assert BENCHMARK.read_bytes() == before

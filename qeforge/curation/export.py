@@ -2,6 +2,7 @@
 
 Layout under the datasets directory:
     <version>/<category>/        DatasetDict (train, validation, test) + README.md card
+    <version>/multi-task/        optional: one DatasetDict of every category at the target mix
     <version>/manifest.json      counts and curation report
     <version>/classifier.json    the category classifier
     CURRENT                      the version in use
@@ -49,10 +50,15 @@ def dataset_records(frame: pd.DataFrame) -> pd.DataFrame:
     ).sort_values(["category", "split", "id"], kind="stable")
 
 
-def content_version(records: pd.DataFrame) -> str:
+MULTITASK = "multi-task"
+
+
+def content_version(records: pd.DataFrame, multitask: pd.DataFrame | None = None) -> str:
     digest = hashlib.sha256()
     for row in records[["category", "split", "id", "messages", "metadata"]].itertuples(index=False):
         digest.update(json.dumps(list(row), sort_keys=True).encode())
+    if multitask is not None:  # its rows are already hashed above; which ones it holds is what differs
+        digest.update(json.dumps([MULTITASK, *sorted(zip(multitask["split"], multitask["id"]))]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -69,7 +75,7 @@ def _card(category: str, version: str, counts: dict[str, int], report: dict) -> 
         "",
         f"Chat-format (`messages`: system, user, assistant) supervised fine-tuning data for the `{category}` adapter,",
         "curated from the QE fleet's ReasoningBank: validated, quality-gated, exact and semantic near-duplicates",
-        "removed, balanced to the target mix, split with no near-duplicate across splits.",
+        "removed (same task and same answer), split with no near-duplicate across splits.",
         "",
         "| split | rows |",
         "|---|---|",
@@ -83,14 +89,23 @@ def _card(category: str, version: str, counts: dict[str, int], report: dict) -> 
     return "\n".join(lines) + "\n"
 
 
-def write_version(
-    records: pd.DataFrame, root: Path, *, report: dict, classifier=None
-) -> tuple[str, Path, bool]:
-    """Write a version unless it already exists; point CURRENT at it. Returns (version, path, written)."""
+def _save_splits(part: pd.DataFrame, path: Path) -> dict[str, int]:
     from datasets import Dataset, DatasetDict
 
+    splits = {
+        s: Dataset.from_pandas(part[part["split"] == s][list(COLUMNS)].reset_index(drop=True), preserve_index=False)
+        for s in SPLITS
+    }
+    DatasetDict(splits).save_to_disk(str(path))
+    return {s: int((part["split"] == s).sum()) for s in SPLITS}
+
+
+def write_version(
+    records: pd.DataFrame, root: Path, *, report: dict, classifier=None, multitask: pd.DataFrame | None = None
+) -> tuple[str, Path, bool]:
+    """Write a version unless it already exists; point CURRENT at it. Returns (version, path, written)."""
     root.mkdir(parents=True, exist_ok=True)
-    version = content_version(records)
+    version = content_version(records, multitask)
     final = root / version
     written = False
     if not (final / "manifest.json").exists():
@@ -98,14 +113,10 @@ def write_version(
         shutil.rmtree(staging, ignore_errors=True)
         counts = {}
         for category in CATEGORIES:
-            part = records[records["category"] == category]
-            splits = {
-                s: Dataset.from_pandas(part[part["split"] == s][list(COLUMNS)].reset_index(drop=True), preserve_index=False)
-                for s in SPLITS
-            }
-            DatasetDict(splits).save_to_disk(str(staging / category))
-            counts[category] = {s: int((part["split"] == s).sum()) for s in SPLITS}
+            counts[category] = _save_splits(records[records["category"] == category], staging / category)
             (staging / category / "README.md").write_text(_card(category, version, counts[category], report.get(category, {})))
+        if multitask is not None:
+            counts[MULTITASK] = _save_splits(multitask, staging / MULTITASK)
         if classifier is not None:
             classifier.save(staging / "classifier.json")
         manifest = {"version": version, "splits": counts, "report": report}

@@ -28,6 +28,9 @@ def build_report(evals_dir: Path) -> dict:
             "dataset_version": entry["dataset_version"],
             "eval_spec": entry["eval_spec"],
             "n_paired": summary.get("n_paired"),
+            "n_eval": summary.get("n_eval"),
+            "n_unscorable": summary.get("n_unscorable", 0),
+            "unscorable_reasons": summary.get("unscorable_reasons", {}),
             "adapter_score": score("adapter"),
             "base_score": score("base"),
             "claude_score": score("claude"),
@@ -58,7 +61,8 @@ def _f(value, spec: str = ".2f") -> str:
 
 def format_report(report: dict) -> str:
     head = (f"{'category':18} {'adapter':>8} {'base':>7} {'claude':>7} {'ratio [95% CI]':>19} {'target':>11}  "
-            f"{'signal':14} {'threshold':>9} {'local':>6} {'routed':>6} {'$ saved/1k':>10} {'CPT95':>6} {'APGR':>5}")
+            f"{'signal':14} {'threshold':>9} {'local':>6} {'routed':>6} {'$ saved/1k':>10} {'CPT95':>6} {'APGR':>5} "
+            f"{'unscorable':>10}")
     lines = [f"routing policy {report['policy_version']}", head, "-" * len(head)]
     for c, r in report["categories"].items():
         q = r["quality_ratio"] or {}
@@ -67,11 +71,15 @@ def format_report(report: dict) -> str:
             f"{c:18} {_f(r['adapter_score'], '.3f'):>8} {_f(r['base_score'], '.3f'):>7} {_f(r['claude_score'], '.3f'):>7} "
             f"{_f(q.get('value')):>5} [{_f(q.get('ci_low'))}, {_f(q.get('ci_high'))}] {verdict} >= {r['target_ratio']:.2f}  "
             f"{r['signal']:14} {_f(r['threshold'], '.3f'):>9} {_f(r['local_share'], '.0%'):>6} "
-            f"{_f(r['routed_quality_ratio']):>6} {_f(r['savings_per_1k_usd'], '.3f'):>10} {_f(r['cpt_95']):>6} {_f(r['apgr']):>5}"
+            f"{_f(r['routed_quality_ratio']):>6} {_f(r['savings_per_1k_usd'], '.3f'):>10} {_f(r['cpt_95']):>6} {_f(r['apgr']):>5} "
+            f"{_f(r['n_unscorable'], 'd'):>4} of {_f(r['n_eval'], 'd'):<4}"
         )
     for c, r in report["categories"].items():
         if r.get("sandbox_isolation") == WEAK_ISOLATION:
             lines.append(f"{c}: {WEAK_ISOLATION}")
+    reasons = [f"{c} {n} {reason}" for c, r in report["categories"].items() for reason, n in r["unscorable_reasons"].items()]
+    if reasons:
+        lines.append("unscorable (test split, left out of every score): " + "; ".join(reasons))
     o = report["overall"]
     lines.append(
         f"overall adapter/Claude (traffic-weighted): {_f(o.get('value'))} [{_f(o.get('ci_low'))}, {_f(o.get('ci_high'))}] "

@@ -22,6 +22,7 @@ import pandas as pd
 from qeforge.evaluation import routing, stats
 from qeforge.evaluation.generate import generate, load_adapter_model, prompt_messages
 from qeforge.evaluation.sandbox import isolation_summary
+from qeforge.evaluation.references import resolve_truths
 from qeforge.evaluation.scoring import score_outputs
 from qeforge.evaluation.spec import EvalSpec
 
@@ -33,7 +34,10 @@ def approx_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-def load_examples(dataset_dir: Path, split: str) -> list[dict]:
+PROMPTS = {"chat": prompt_messages}  # an eval spec's `prompt`: messages -> the turns the model sees
+
+
+def load_examples(dataset_dir: Path, split: str, prompt: str = "chat") -> list[dict]:
     from datasets import load_from_disk
 
     rows = load_from_disk(str(dataset_dir))[split]
@@ -42,7 +46,8 @@ def load_examples(dataset_dir: Path, split: str) -> list[dict]:
             "id": r["id"],
             "split": split,
             "model": r["model"],
-            "prompt": prompt_messages(r["messages"]),
+            "prompt": PROMPTS[prompt](r["messages"]),
+            "task": next(m["content"] for m in r["messages"] if m["role"] == "user"),
             "reference": next(m["content"] for m in r["messages"] if m["role"] == "assistant"),
             "metadata": json.loads(r["metadata"]) if isinstance(r["metadata"], str) else (r["metadata"] or {}),
         }
@@ -84,7 +89,7 @@ def evaluate_category(
     max_new = int(spec.generation.get("max_new_tokens", 128))
     frames = []
     for split in (spec.tune_split, spec.eval_split):
-        examples = load_examples(dataset_dir, split)
+        examples = load_examples(dataset_dir, split, spec.prompt)
         if not examples:
             raise ValueError(f"{spec.task}: split {split!r} of {dataset_dir} is empty; nothing to evaluate")
         prompts = [e["prompt"] for e in examples]
@@ -106,18 +111,27 @@ def evaluate_category(
         vectors = embed_texts([_user_text(p) for p in prompts])
         frame["knn_similarity"] = store.nearest_known_good(db, spec.task, vectors)
 
-        scored = {"adapter": score_outputs(spec, [g.text for g in adapter_out], examples, workers=workers)[0]}
+        # Ground truth once per example: the same for every model scored on it.
+        truths = resolve_truths(spec, examples, workers=workers)
+        score = lambda outputs, idx: score_outputs(spec, outputs, [examples[i] for i in idx],  # noqa: E731
+                                                   truths=[truths[i] for i in idx], workers=workers)[0]
+        everyone = range(len(examples))
+        scored = {"adapter": score([g.text for g in adapter_out], everyone)}
         if split == spec.eval_split:
             base_out = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=batch_size,
                                 use_adapter=False, progress=lambda d, t, s: progress(d, t, s, "base"))
-            scored["base"] = score_outputs(spec, [g.text for g in base_out], examples, workers=workers)[0]
+            scored["base"] = score([g.text for g in base_out], everyone)
         claude_idx = [i for i, e in enumerate(examples) if is_claude(e["model"])]
-        claude = score_outputs(spec, [examples[i]["reference"] for i in claude_idx], [examples[i] for i in claude_idx], workers=workers)[0]
-        scored["claude"] = claude.set_index(pd.Index(claude_idx)).reindex(range(len(examples)))
+        claude = score([examples[i]["reference"] for i in claude_idx], claude_idx)
+        scored["claude"] = claude.set_index(pd.Index(claude_idx)).reindex(everyone)
+        shared = ["id", "scorable", "unscorable_reason", *[c for c in scored["adapter"] if c.startswith("source_")]]
+        frame = pd.concat([frame, scored["adapter"][shared[1:]]], axis=1)
         for who, part in scored.items():
-            part = part.reset_index(drop=True).drop(columns=["id"])
+            part = part.reset_index(drop=True).drop(columns=shared)
             frame = pd.concat([frame, part.add_prefix(f"{who}_")], axis=1)
-        log(f"{spec.task}/{split}: scored {len(examples)} examples ({len(claude_idx)} with a Claude reference)")
+        unscorable = int((~frame["scorable"]).sum())
+        log(f"{spec.task}/{split}: scored {len(examples)} examples ({len(claude_idx)} with a Claude reference, "
+            f"{unscorable} unscorable)")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -138,6 +152,17 @@ def jsonable(value):
     return value
 
 
+def unscorable_counts(split: pd.DataFrame) -> dict:
+    """How many examples could not be scored and why, and which source gave each ground truth."""
+    if "scorable" not in split:
+        return {"n_unscorable": 0, "unscorable_reasons": {}, "truth_sources": {}}
+    reasons = split.loc[~split["scorable"], "unscorable_reason"].value_counts().sort_index()
+    sources = {c.removeprefix("source_"): {str(k): int(v) for k, v in split[c].value_counts().sort_index().items()}
+               for c in split if c.startswith("source_")}
+    return {"n_unscorable": int((~split["scorable"]).sum()),
+            "unscorable_reasons": {str(k): int(v) for k, v in reasons.items()}, "truth_sources": sources}
+
+
 def _triple(values) -> dict:
     point, low, high = values
     return {"value": point, "ci_low": low, "ci_high": high}
@@ -145,7 +170,8 @@ def _triple(values) -> dict:
 
 def summarize(spec: EvalSpec, frame: pd.DataFrame, *, seed: int = 0) -> dict:
     """Eval-split scores with bootstrap 95% CIs, the quality ratio vs Claude, and the target's verdict."""
-    ev = frame[frame["split"] == spec.eval_split]
+    split = frame[frame["split"] == spec.eval_split]
+    ev = split[split["scorable"]] if "scorable" in split else split
     paired = ev[ev["claude_reference"]]
     a, b, c = (paired[f"{w}_score"].to_numpy(float) for w in ("adapter", "base", "claude"))
     ratio = stats.ratio_ci(a, c, seed=seed)
@@ -154,7 +180,9 @@ def summarize(spec: EvalSpec, frame: pd.DataFrame, *, seed: int = 0) -> dict:
         "spec_version": spec.version,
         "spec_digest": spec.digest,
         "eval_split": spec.eval_split,
-        "n_eval": int(len(ev)),
+        "n_eval": int(len(split)),
+        "n_scored": int(len(ev)),
+        **unscorable_counts(split),
         "n_paired": int(len(paired)),
         "score_range": list(spec.score_range),
         "adapter_score": _triple(stats.mean_ci(a, seed=seed)),
@@ -188,6 +216,7 @@ def overall_ratio(frames: dict[str, pd.DataFrame], eval_splits: dict[str, str], 
     pairs = {}
     for category, frame in frames.items():
         p = frame[(frame["split"] == eval_splits[category]) & frame["claude_reference"]]
+        p = p[p["scorable"]] if "scorable" in p else p
         if len(p) and p["claude_score"].mean() > 0:
             pairs[category] = (p["adapter_score"].to_numpy(float), p["claude_score"].to_numpy(float))
     if not pairs:
@@ -208,11 +237,13 @@ def tune_routing(spec: EvalSpec, frame: pd.DataFrame, prices: routing.Prices, pl
     """Choose the signal (AUROC on the tune split), the threshold (max local share at the target),
     and confirm both on the eval split; RouteLLM's CPT/APGR on the eval split."""
     plot_dir.mkdir(parents=True, exist_ok=True)
+    frame = frame[frame["scorable"]] if "scorable" in frame else frame
     tune = frame[(frame["split"] == spec.tune_split) & frame["claude_reference"]]
     test = frame[(frame["split"] == spec.eval_split) & frame["claude_reference"]]
-    if tune.empty or test.empty:
-        raise ValueError(f"{spec.task}: routing needs Claude-referenced examples in both {spec.tune_split} "
-                         f"({len(tune)}) and {spec.eval_split} ({len(test)})")
+    if tune.empty or test.empty:  # e.g. every example of a split unscorable: no evidence, so Claude answers
+        return jsonable(escalate_everything(
+            f"no scorable Claude-referenced examples in {spec.tune_split} ({len(tune)}) or {spec.eval_split} "
+            f"({len(test)}): every request escalates"))
 
     def arrays(part, signal):
         return (part[signal].to_numpy(float), part["adapter_score"].to_numpy(float), part["claude_score"].to_numpy(float))
@@ -243,6 +274,16 @@ def tune_routing(spec: EvalSpec, frame: pd.DataFrame, prices: routing.Prices, pl
         "sweep_csv": str(plot_dir / "sweep.csv"),
     }
     return jsonable(result)
+
+
+def escalate_everything(note: str) -> dict:
+    """The policy without evidence: threshold +inf, so every request goes to Claude (quality ratio 1)."""
+    confirmed = {"threshold": math.inf, "n": 0, "local_share": 0.0, "claude_share": 1.0, "quality_ratio": 1.0,
+                 "quality_ratio_low": 1.0, "quality_ratio_high": 1.0, "savings_per_1k": 0.0}
+    return {"signal": SIGNALS[0], "signal_auroc": {s: math.nan for s in SIGNALS}, "threshold": math.inf,
+            "tuned": {k: confirmed[k] for k in ("local_share", "quality_ratio", "savings_per_1k")},
+            "confirmed": confirmed, "cpt": {"50": None, "80": None, "95": None}, "apgr": None,
+            "plots": {}, "sweep_csv": None, "note": note}
 
 
 def policy_entry(spec: EvalSpec, routing_result: dict, summary: dict, *, adapter_dir: str, dataset_version: str) -> dict:

@@ -87,6 +87,9 @@ class SandboxResult:
     log_tail: str  # the end of the original run's pytest output, for debugging
     isolation: str = "weak"  # "bubblewrap" | "weak"
     control_passed: bool | None = None  # None: not run (no mutants, or the suite fails on the original)
+    # The focal code's statements the original run never executed, numbered as in the code that ran:
+    # the focal source itself when no mutants are asked for (it is normalized only to hide mutants).
+    missing_lines: tuple[int, ...] = ()
 
 
 @functools.cache
@@ -140,7 +143,8 @@ def run_tests(
     _write(canary, token)
     run = functools.partial(_run, test_source, module, limits=limits, bwrap=bwrap, netns=netns)
     try:
-        original_source = _normalise(focal_source)
+        # Normalized (ast.unparse) only when mutants must look like the original; otherwise line numbers stay the caller's.
+        original_source = _normalise(focal_source) if mutants else focal_source
         original = run(original_source, limits.timeout_s, measure=True)
         runs, control_passed, killed = [original], None, 0
         # Mutants only make sense against a suite that passes on the original: else all are "killed".
@@ -158,7 +162,7 @@ def run_tests(
         escaped = not _canary_intact(canary, token)
         shutil.rmtree(canary_dir, ignore_errors=True)
     final = original.final
-    line_cov, branch_cov = _coverage(original_source, final["arcs"]) if final else (0.0, 0.0)
+    line_cov, branch_cov, missing = _coverage(original_source, final["arcs"]) if final else (0.0, 0.0, [])
     blocked = list(dict.fromkeys(b for r in runs for b in r.blocked))[:MAX_BLOCKED]
     counts = final or original.progress
     return SandboxResult(
@@ -166,6 +170,7 @@ def run_tests(
         failed=counts.get("failed", 0), line_coverage=line_cov, branch_coverage=branch_cov, mutants=len(mutants),
         mutants_killed=killed, blocked=tuple(blocked), escaped=escaped, duration_s=time.monotonic() - started,
         netns=netns, log_tail=original.log_tail, isolation="bubblewrap" if bwrap else "weak", control_passed=control_passed,
+        missing_lines=tuple(missing),
     )
 
 
@@ -414,9 +419,10 @@ def _read_records(text: str, log_tail: str, timed_out: bool, duration: float, ha
     return _Run(final, progress, list(dict.fromkeys(blocked)), log_tail, timed_out, duration)
 
 
-def _coverage(source: str, arcs: list[tuple[int, int]]) -> tuple[float, float]:
-    """(line, branch) coverage of the focal source, computed here from the arcs a run reported: a run
-    can only name arcs, and arcs the source does not have count for nothing. (0, 0) if none ran."""
+def _coverage(source: str, arcs: list[tuple[int, int]]) -> tuple[float, float, list[int]]:
+    """(line, branch) coverage of the focal source and its never-executed statements, computed here from
+    the arcs a run reported: a run can only name arcs, and arcs the source does not have count for
+    nothing. (0, 0, []) if none ran."""
     import coverage
 
     with tempfile.TemporaryDirectory(prefix="qeforge-coverage-") as d:
@@ -428,14 +434,14 @@ def _coverage(source: str, arcs: list[tuple[int, int]]) -> tuple[float, float]:
         try:
             cov.json_report(morfs=[path], outfile=report)
         except coverage.exceptions.CoverageException:  # e.g. the focal code does not parse
-            return 0.0, 0.0
+            return 0.0, 0.0, []
         with open(report, encoding="utf-8") as f:
             files = list(json.load(f)["files"].values())
     if not files or not files[0]["summary"]["covered_lines"]:
-        return 0.0, 0.0
+        return 0.0, 0.0, []
     s = files[0]["summary"]
     lines = s["covered_lines"] / s["num_statements"]
     branches = s["covered_branches"] / s["num_branches"] if s["num_branches"] else 1.0
-    return lines, branches
+    return lines, branches, sorted(files[0]["missing_lines"])
 
 

@@ -8,11 +8,13 @@ three are measured by identical code.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
+from qeforge.evaluation.references import Truth, reference_name, resolve_truths
 from qeforge.evaluation.spec import METRICS_DIR, EvalSpec, EvalSpecError, resolve
 
 
@@ -25,23 +27,14 @@ def load_metric(module: str):
 
 
 def _field(name: str, output: str, example: dict, parsed: dict):
+    """A prediction: the answer, a parsed field of it, or a metadata field."""
     if name == "output":
         return output
-    if name == "reference":
-        return example["reference"]
     source, _, key = name.partition(".")
-    table = {"parsed": parsed, "metadata": example["metadata"]}.get(source)
+    table = {"parsed": parsed, "metadata": example.get("metadata") or {}}.get(source)
     if table is None or not key:
-        raise EvalSpecError(f"field {name!r}: use output, reference, parsed.<field> or metadata.<field>")
+        raise EvalSpecError(f"prediction {name!r}: use output, parsed.<field> or metadata.<field>")
     return table.get(key)
-
-
-def _first_present(names, output, example, parsed):
-    for name in names:
-        value = _field(name, output, example, parsed)
-        if value is not None or name == names[-1]:
-            return value
-    return None
 
 
 def _as_label(value):
@@ -49,35 +42,74 @@ def _as_label(value):
     return "none" if value is None else value
 
 
-def score_outputs(spec: EvalSpec, outputs: list[str], examples: list[dict], *, workers: int | None = None) -> tuple[pd.DataFrame, dict]:
+def _identity(value):
+    return value
+
+
+def _weighted_score(frame: pd.DataFrame, weights: dict[str, float]) -> pd.Series:
+    """Weighted mean over the columns an example has: an optional metric without a reference
+    (NaN) drops out and the other weights are renormalized; no column at all -> NaN."""
+    num = sum(w * frame[c].astype(float).fillna(0.0) for c, w in weights.items())
+    den = sum(w * frame[c].notna() for c, w in weights.items())
+    return (num / den.where(den > 0)).astype(float)
+
+
+def score_outputs(spec: EvalSpec, outputs: list[str], examples: list[dict], *, truths: list[Truth] | None = None,
+                  workers: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Per-example scores (one row per output, in order) and corpus-level aggregates.
 
-    `examples` are dicts with `id`, `metadata` (dict) and `reference` (the recorded answer).
+    `examples` are dicts with `id`, `task` (the user turn), `metadata` (dict) and `reference` (the
+    recorded answer). `truths` (references.resolve_truths) can be passed in when the same examples
+    are scored for several models. Unscorable examples get `scorable` False, their reason, and NaN
+    scores; they never raise.
     """
     if len(outputs) != len(examples):
         raise ValueError(f"{len(outputs)} outputs for {len(examples)} examples")
-    parse = resolve(spec.parser) if spec.parser else (lambda _: {})
-    parsed = [parse(o) for o in outputs]
+    truths = truths if truths is not None else resolve_truths(spec, examples, workers=workers)
+    n = len(examples)
+    parse = resolve(spec.parser) if spec.parser else (lambda output, task="": {})
+    parsed = [parse(o, e.get("task", "")) for o, e in zip(outputs, examples)]
+    scorable = [i for i, t in enumerate(truths) if t.unscorable is None]
     columns: dict[str, list] = {}
     aggregates: dict[str, float] = {}
     for m in spec.metrics:
-        predictions = [_as_label(_field(m.predictions, o, e, p)) for o, e, p in zip(outputs, examples, parsed)]
-        references = [_as_label(_first_present(m.references, o, e, p)) for o, e, p in zip(outputs, examples, parsed)]
-        result = load_metric(m.module).compute(predictions=predictions, references=references) if outputs else {}
+        name, norm = reference_name(m.references), resolve(m.normalize) if m.normalize else _identity
+        rows = [i for i in scorable if truths[i].sources[name] != "none"]  # an optional metric may lack one
+        predictions = [norm(_as_label(_field(m.predictions, outputs[i], examples[i], parsed[i]))) for i in rows]
+        references = [norm(_as_label(truths[i].values[name])) for i in rows]
+        result = load_metric(m.module).compute(predictions=predictions, references=references) if rows else {}
         for key, column in m.per_example.items():
-            columns[column] = list(result.get(key, []))
-        for key, name in m.aggregate.items():
-            aggregates[name] = float(result.get(key, float("nan")))
+            columns[column] = [math.nan] * n
+            for i, value in zip(rows, result.get(key, [])):
+                columns[column][i] = value
+        for key, agg in m.aggregate.items():
+            aggregates[agg] = float(result.get(key, math.nan))
     if spec.scorer:
         scorer, kwargs = resolve(spec.scorer["function"]), dict(spec.scorer.get("kwargs") or {})
+        inputs = list(spec.scorer.get("inputs") or {})
         # Scorers that run sandboxes spend their time in subprocesses: threads keep the cores busy.
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            rows = list(pool.map(lambda pair: scorer(pair[0], pair[1]["metadata"], **kwargs), zip(outputs, examples)))
+            rows = list(pool.map(lambda i: scorer(outputs[i], {k: truths[i].values[k] for k in inputs}, **kwargs), scorable))
         for key in rows[0] if rows else ():
-            columns[key] = [r[key] for r in rows]
-    frame = pd.DataFrame({"id": [e["id"] for e in examples], "output": outputs, **columns})
-    if spec.score_column:
-        frame["score"] = frame[spec.score_column].astype(float) if len(frame) else pd.Series(dtype=float)
+            columns[key] = [None] * n
+            for i, row in zip(scorable, rows):
+                columns[key][i] = row[key]
+    frame = pd.DataFrame({
+        "id": [e["id"] for e in examples],
+        "output": outputs,
+        "scorable": [t.unscorable is None for t in truths],
+        "unscorable_reason": [t.unscorable or "" for t in truths],
+        **{f"source_{k}": [t.sources[k] for t in truths] for k in (truths[0].sources if truths else ())},
+        **columns,
+    })
+    for column in [spec.score_column] if spec.score_column else list(spec.score_weights):
+        if column not in frame:  # every example unscorable: the scorer never ran
+            frame[column] = math.nan
+    if not len(frame):
+        frame["score"] = pd.Series(dtype=float)
+    elif spec.score_column:
+        frame["score"] = pd.to_numeric(frame[spec.score_column], errors="coerce").astype(float)
     else:
-        frame["score"] = sum(w * frame[c].astype(float) for c, w in spec.score_weights.items()) if len(frame) else pd.Series(dtype=float)
+        frame["score"] = _weighted_score(frame, spec.score_weights)
+    frame.loc[~frame["scorable"], "score"] = math.nan
     return frame, aggregates

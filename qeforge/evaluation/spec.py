@@ -24,13 +24,30 @@ class EvalSpecError(ValueError):
     """An eval spec that cannot run: raised on load, before any model is touched."""
 
 
+# Every key a spec may hold, per section: anything else is a typo or a setting nobody reads, and an error.
+KEYS = {
+    "": {"task", "metadata", "dataset", "prompt", "generation", "parser", "scorer", "metrics", "score",
+         "report_columns", "targets"},
+    "metadata": {"version"},
+    "dataset": {"tune_split", "eval_split"},
+    "generation": {"max_new_tokens"},  # decoding is greedy (generate.py): there is nothing to sample
+    "scorer": {"function", "kwargs", "inputs", "optional_inputs"},
+    "metric": {"module", "predictions", "references", "per_example", "aggregate", "normalize", "optional"},
+    "score": {"column", "weights", "range"},
+    "targets": {"quality_ratio"},
+}
+PROMPTS = ("chat",)  # chat: the system and user turns of `messages`, the recorded answer dropped
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     module: str  # a directory under evals/metrics
-    predictions: str  # "output", "reference", "parsed.<field>" or "metadata.<field>"
-    references: tuple[str, ...]  # first one present wins
+    predictions: str  # "output", "parsed.<field>" or "metadata.<field>"
+    references: tuple[str, ...]  # sources (references.py); the first one present wins
     per_example: dict[str, str]  # evaluate result key -> column name
     aggregate: dict[str, str] = field(default_factory=dict)  # corpus-level result key -> name
+    normalize: str | None = None  # "module:function" applied to predictions and references (label maps)
+    optional: bool = False  # no reference: this metric is left out of the score instead of the example
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,7 @@ class EvalSpec:
     version: int
     tune_split: str
     eval_split: str
+    prompt: str
     generation: dict
     parser: str | None
     scorer: dict | None
@@ -70,6 +88,7 @@ def load_spec(category: str, tasks_dir: Path = TASKS_DIR) -> EvalSpec:
         raise EvalSpecError(f"no eval spec for {category!r}: expected {path}")
     raw = yaml.safe_load(path.read_text())
     where = str(path)
+    _check_keys(raw, where)
     try:
         data = raw["dataset"]
         score = raw["score"]
@@ -80,6 +99,8 @@ def load_spec(category: str, tasks_dir: Path = TASKS_DIR) -> EvalSpec:
                 references=tuple(m["references"]) if isinstance(m["references"], list) else (m["references"],),
                 per_example=dict(m.get("per_example", {})),
                 aggregate=dict(m.get("aggregate", {})),
+                normalize=m.get("normalize"),
+                optional=bool(m.get("optional", False)),
             )
             for m in raw.get("metrics") or []
         )
@@ -88,6 +109,7 @@ def load_spec(category: str, tasks_dir: Path = TASKS_DIR) -> EvalSpec:
             version=int(raw["metadata"]["version"]),
             tune_split=data["tune_split"],
             eval_split=data["eval_split"],
+            prompt=raw["prompt"],
             generation=dict(raw.get("generation") or {}),
             parser=raw.get("parser"),
             scorer=raw.get("scorer"),
@@ -105,7 +127,28 @@ def load_spec(category: str, tasks_dir: Path = TASKS_DIR) -> EvalSpec:
     return spec
 
 
+def _check_keys(raw, where: str) -> None:
+    if not isinstance(raw, dict):
+        raise EvalSpecError(f"{where}: a spec is a mapping of the keys {sorted(KEYS[''])}")
+    sections = [("", raw)] + [(k, raw[k]) for k in ("metadata", "dataset", "generation", "scorer", "score", "targets")
+                              if isinstance(raw.get(k), dict)]
+    sections += [("metric", m) for m in raw.get("metrics") or [] if isinstance(m, dict)]
+    for section, mapping in sections:
+        unknown = sorted(set(mapping) - KEYS[section])
+        if unknown:
+            place = f"`{section}`" if section else "the top level"
+            raise EvalSpecError(f"{where}: unknown key(s) {unknown} in {place}; allowed: {sorted(KEYS[section])}")
+
+
 def _check(spec: EvalSpec, where: str) -> None:
+    from qeforge.evaluation.references import check_source
+
+    if spec.prompt not in PROMPTS:
+        raise EvalSpecError(f"{where}: prompt {spec.prompt!r} is not one of {PROMPTS}")
+    for source in [s for m in spec.metrics for s in (m.predictions, *m.references)] + [
+        s for sources in (spec.scorer or {}).get("inputs", {}).values() for s in sources
+    ]:
+        check_source(source, where, has_parser=spec.parser is not None)
     if spec.task not in CATEGORIES:
         raise EvalSpecError(f"{where}: task {spec.task!r} is not a category ({', '.join(CATEGORIES)})")
     for split in (spec.tune_split, spec.eval_split):
@@ -120,7 +163,7 @@ def _check(spec: EvalSpec, where: str) -> None:
     for m in spec.metrics:
         if not (METRICS_DIR / m.module / f"{m.module}.py").exists():
             raise EvalSpecError(f"{where}: metric module {m.module!r} not found under {METRICS_DIR}")
-    for dotted in filter(None, [spec.parser, (spec.scorer or {}).get("function")]):
+    for dotted in filter(None, [spec.parser, (spec.scorer or {}).get("function"), *(m.normalize for m in spec.metrics)]):
         resolve(dotted)
 
 

@@ -1,4 +1,4 @@
-"""Score a model's pytest suite for a focal module: does it parse, pass, cover, and catch bugs?
+"""Score a model's test suite (pytest or unittest) for focal code: does it parse, pass, cover, and catch bugs?
 
 The suite runs in the sandbox (qeforge.evaluation.sandbox) against the focal code and against a
 few cheap AST mutants of it. The rubric follows the product plan: coverage 40, edge cases 30,
@@ -12,6 +12,7 @@ import itertools
 import random
 import re
 
+from qeforge.evaluation.ground_truth import suite_module
 from qeforge.evaluation.sandbox import SandboxLimits, run_tests
 
 DEFAULT_RUBRIC = {"coverage": 40, "edge_cases": 30, "syntax": 15, "logic": 15}
@@ -44,7 +45,7 @@ def extract_tests(output: str) -> str | None:
 
 def _defines_tests(source: str) -> bool:
     """Compiles (compile() also catches what the parser lets through, e.g. a stray `return`)
-    and defines at least one test_ function."""
+    and defines at least one test_ function (a pytest function or a unittest method)."""
     try:
         tree = ast.parse(source)
         compile(tree, "test_generated.py", "exec")
@@ -118,7 +119,7 @@ def _compiles(source: str) -> bool:
 
 def score_test_generation(
     output: str,
-    metadata: dict,
+    inputs: dict,
     *,
     limits: SandboxLimits | dict = SandboxLimits(),
     n_mutants: int = 3,
@@ -126,7 +127,9 @@ def score_test_generation(
 ) -> dict:
     """One flat row of scores for a model's answer to a test-generation task.
 
-    `metadata` holds `focal_code`, `entry_point` and `module` (the name the tests import).
+    `inputs` holds `focal_code` (a function, a class or a module) and optionally `module`, the name
+    the tests import it from; without one, the name the suite imports (ground_truth.suite_module).
+    Suites may be pytest or unittest: pytest runs both.
 
     - `edge_coverage` is branch coverage: the share of the focal code's branch outcomes the suite
       exercises. Boundaries and error paths live on branches (the `if x < lo` both ways, the
@@ -145,8 +148,9 @@ def score_test_generation(
             "mutation_score": 0.0, "rubric_score": 0.0, "sandbox_status": "not_run", "sandbox_ran": False,
             "escaped": False, "blocked": [], "duration_s": 0.0, "sandbox_isolation": None,
         }
-    focal = metadata["focal_code"]
-    result = run_tests(tests, focal, metadata.get("module") or "focal", mutants=make_mutants(focal, n_mutants), limits=limits)
+    focal = inputs["focal_code"]
+    module, tests = (inputs["module"], tests) if inputs.get("module") else suite_module(tests, focal)
+    result = run_tests(tests, focal, module, mutants=make_mutants(focal, n_mutants), limits=limits)
     pass_rate = result.passed / result.n_tests if result.n_tests else 0.0
     mutation = result.mutants_killed / result.mutants if result.mutants and pass_rate == 1.0 else 0.0
     points = (

@@ -20,9 +20,9 @@ def plot_scores(summary: dict, path: str | Path) -> Path:
     ax.bar(who, values, yerr=[lows, highs], capsize=6, color=["#bbb", "#3b7dd8", "#d97a3b"])
     lo, hi = summary["score_range"]
     ax.set_ylim(lo, hi * 1.05)
-    ratio = summary["quality_ratio"]
-    ax.set_title(f"{summary['task']}: adapter/Claude = {ratio['value']:.2f} "
-                 f"[{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}] (target {summary['target_ratio']:.2f})", fontsize=9)
+    ratio = {k: "n/a" if v is None else f"{v:.2f}" for k, v in summary["quality_ratio"].items()}  # None: nothing paired
+    ax.set_title(f"{summary['task']}: adapter/Claude = {ratio['value']} "
+                 f"[{ratio['ci_low']}, {ratio['ci_high']}] (target {summary['target_ratio']:.2f})", fontsize=9)
     ax.set_ylabel(f"score ({summary['eval_split']}, n={summary['n_paired']})")
     fig.tight_layout()
     path = Path(path)
