@@ -244,7 +244,8 @@ def test_weak_isolation_is_said_in_the_report_and_the_model_card():
     assert "weak isolation" in card
     row = {"adapter_score": 1, "base_score": 1, "claude_score": 1, "quality_ratio": ci, "meets_target": False,
            "target_ratio": 0.95, "signal": "s", "threshold": 0.1, "local_share": 0.5, "routed_quality_ratio": 0.5,
-           "savings_per_1k_usd": 0.1, "cpt_95": 1, "apgr": 0.5, "sandbox_isolation": WEAK_ISOLATION}
+           "savings_per_1k_usd": 0.1, "cpt_95": 1, "apgr": 0.5, "sandbox_isolation": WEAK_ISOLATION,
+           "n_eval": 3, "n_unscorable": 0, "unscorable_reasons": {}}
     report = format_report({"policy_version": "p", "overall": {}, "categories": {"test-generation": row}})
     assert "test-generation: weak isolation" in report
 
@@ -253,7 +254,7 @@ def test_coverage_is_computed_from_arcs_the_focal_code_has():
     real = [(-1, 1), (1, -1)]  # the module's def statement ran
     assert sandbox._coverage(FOCAL, real)[0] == pytest.approx(1 / 8)  # 1 of its 8 statements
     bogus = [(a, b) for a in range(100, 140) for b in range(100, 140)]
-    assert sandbox._coverage(FOCAL, bogus) == (0.0, 0.0)
+    assert sandbox._coverage(FOCAL, bogus) == (0.0, 0.0, [])
 
 
 def test_a_second_final_record_or_a_wrong_exit_voids_the_run():
