@@ -124,7 +124,8 @@ def test_import_cli_counts_and_exit_code(qe_home, tmp_path):
     path.write_text('{"id": "a", "task": "t", "output": "o", "model": "m", "outcome": "success", "quality": 0.9, "confidence": 0.9}\n{oops\n')
     run = subprocess.run([sys.executable, "-m", "qeforge.cli", "import", "--format", "jsonl", str(path)], capture_output=True, text=True)
     assert run.returncode == 0
-    assert "read 2, imported 1, already present 0, quarantined 1" in run.stdout
+    assert "read 2, imported 1, updated 0, already present 0, quarantined 1" in run.stdout
+    assert "curation gate: 0 of 1 trajectories passed the gate; failing (a row can fail several): 1 usage_below_min" in run.stdout
     assert "malformed_json: 1" in run.stdout
     missing = subprocess.run([sys.executable, "-m", "qeforge.cli", "import", "--format", "jsonl", str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
