@@ -68,6 +68,14 @@ def _exact_pairs(frame: pd.DataFrame) -> np.ndarray:
     return np.array([(i, j) for idx in members for i, j in zip(idx, idx[1:])], dtype=np.int64).reshape(-1, 2)
 
 
+def _embed_unique(texts: list[str], embed: Embed) -> np.ndarray:
+    """Each distinct text once, shortest first: duplicates share answers, and length-sorted batches pad less."""
+    unique = sorted(set(texts), key=lambda t: (len(t), t))
+    vectors = embed(unique)
+    index = {t: i for i, t in enumerate(unique)}
+    return vectors[[index[t] for t in texts]]
+
+
 def confirm_pairs(frame: pd.DataFrame, candidates: np.ndarray, vectors: np.ndarray, threshold: float,
                   tokenizer=None, embed: Embed | None = None) -> pd.DataFrame:
     """Cosines of task views and answers for each candidate pair; `duplicate` when both pass.
@@ -89,8 +97,8 @@ def confirm_pairs(frame: pd.DataFrame, candidates: np.ndarray, vectors: np.ndarr
     tasks = vectors[rows].copy()
     long = [k for k, (view, text) in enumerate(zip(views, texts)) if view != text]
     if long:
-        tasks[long] = embed([views[k] for k in long])
-    answers = embed(frame["output"].iloc[rows].tolist())
+        tasks[long] = _embed_unique([views[k] for k in long], embed)
+    answers = _embed_unique(frame["output"].iloc[rows].tolist(), embed)
     position = {int(r): k for k, r in enumerate(rows)}
     ia = np.array([position[int(a)] for a in candidates[same_numbers, 0]])
     ib = np.array([position[int(b)] for b in candidates[same_numbers, 1]])
