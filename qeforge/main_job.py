@@ -40,7 +40,10 @@ def _category_line(category: str, run) -> str:
     return f"{category}: " + "; ".join(parts)
 
 
-def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = False, serve_check: bool = True) -> int:
+def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = False, serve_check: bool = True,
+                 profile: str = "tiny") -> int:
+    """Demo data, then the curation, category and routing jobs; `profile` picks TrainingSettings.profile
+    (base model and recipes) for this run only, as Dagster run config."""
     os.environ.setdefault("DAGSTER_HOME", default_locations().dagster_home)
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
     import dagster as dg
@@ -63,8 +66,10 @@ def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = Fals
         return 1
 
     instance = dg.DagsterInstance.get()
+    training_config = {"resources": {"training": {"config": {"profile": profile}}}}
     started = time.time()
-    result = defs.resolve_job_def("curation").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("curation").execute_in_process(instance=instance, run_config=training_config,
+                                                                 raise_on_error=False)
     print(f"curation: {'ok' if result.success else 'FAILED'} ({time.time() - started:.0f}s, run {result.run_id})", flush=True)
     if not result.success:
         return 1
@@ -72,7 +77,7 @@ def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = Fals
     for category in CATEGORIES:
         started = time.time()
         run = defs.resolve_job_def("category").execute_in_process(
-            instance=instance, partition_key=category, raise_on_error=False
+            instance=instance, partition_key=category, run_config=training_config, raise_on_error=False
         )
         print(f"[{time.time() - started:.0f}s] " + _category_line(category, run), flush=True)
         evaluations = run.get_asset_check_evaluations()
@@ -81,16 +86,20 @@ def run_main_job(*, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = Fals
         if not run.success and not any(c.check_name == "champion_gate" and not c.passed for c in evaluations):
             print(f"category {category}: FAILED (run {run.run_id})")
             return 1
+    started = time.time()
     run = defs.resolve_job_def("routing").execute_in_process(instance=instance, raise_on_error=False)
     if not run.success:
         print(f"routing policy: FAILED (run {run.run_id})")
         return 1
-    print(f"routing policy: {run.output_for_node('routing_policies')['path']}", flush=True)
+    print(f"[{time.time() - started:.0f}s] routing policy: {run.output_for_node('routing_policies')['path']}", flush=True)
     for check in checks:
         print(f"  check {check.asset_key.to_user_string()}:{check.check_name} {'passed' if check.passed else 'FAILED'}")
     if serve_check:
         from qeforge.serving.smoke import serve_one_request_per_category
 
-        if not serve_one_request_per_category():
+        started = time.time()
+        served = serve_one_request_per_category()
+        print(f"[{time.time() - started:.0f}s] serving smoke check: {'ok' if served else 'FAILED'}", flush=True)
+        if not served:
             return 1
     return 0 if all(c.passed for c in checks) else 1
