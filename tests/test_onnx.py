@@ -125,30 +125,13 @@ def test_generate_matches_torch_greedy_and_stops_on_stop_ids(base, adapters, exp
 def test_llama_with_grouped_kv_heads_exports_with_parity(tmp_path):
     """The smol profile's architecture: LlamaForCausalLM, 2 KV heads for 4 query heads, tied
     embeddings, LoRA on all 7 linear modules; parity through the cache path as for Phi-3."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from qeforge.serving.onnx_runtime import OnnxCausalLM, check_parity, export_merged
-    from qeforge.training.lora_targets import LORA_TARGETS
-    from qeforge.training.tokenizer import train_tokenizer
+    from tests.tiny_models import build_llama_base, random_llama_adapter
 
-    tok = train_tokenizer(TEXTS, vocab_size=512)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "base"),
-                           LoraConfig(r=8, target_modules=LORA_TARGETS["llama"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.1)
-    model.save_pretrained(tmp_path / "adapter")
-
-    out = export_merged(str(tmp_path / "base"), tmp_path / "adapter", tmp_path / "onnx")
-    report = check_parity(str(tmp_path / "base"), tmp_path / "adapter", out, atol=1e-3)
+    base = build_llama_base(tmp_path)
+    adapter = random_llama_adapter(base, tmp_path / "adapter", seed=1)
+    out = export_merged(str(base), adapter, tmp_path / "onnx")
+    report = check_parity(str(base), adapter, out, atol=1e-3)
     assert report["passed"] and report["argmax_agreement"] == 1.0, report
     kv = [i for i in OnnxCausalLM(out).session.get_inputs() if i.name == "past_key_values.0.key"][0]
     assert kv.shape[1] == 2 and kv.shape[3] == 16  # grouped KV heads x head_dim 64/4 in the graph
