@@ -245,3 +245,15 @@ def test_lora_on_the_gguf_base_targets_all_seven_llama_modules(llama_gguf, tmp_p
     assert summary["trainable_params"] == 16 * (128 + 96 + 96 + 128 + 3 * 192) * 2
     adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == sorted(LORA_TARGETS["llama"])
+
+
+def test_smol_recipes_parse_and_leave_the_targets_to_the_architecture():
+    from qeforge.categories import CATEGORIES
+    from qeforge.training.config import load_recipe
+    from qeforge.training.recipes import recipe_path
+
+    for category in CATEGORIES:
+        script, train, model = load_recipe(recipe_path("smol", category))
+        assert model.lora_target_modules is None and model.use_peft and (model.lora_r, model.lora_alpha) == (16, 32)
+        assert train.max_length == 512 and train.assistant_only_loss and train.packing and not train.bf16
+        assert script.category == category and model.dtype == "float32"
