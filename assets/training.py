@@ -12,15 +12,41 @@ from pipelines.resources import mlflow_retries, MLflowResource, TrainingSettings
 from qeforge.categories import CATEGORIES
 
 GROUP = "training"
-PHI4 = "microsoft/phi-4"
+
+
+def _pretrained_base(context: dg.AssetExecutionContext, training: TrainingSettings) -> dg.Output[dict]:
+    """The profile's pretrained base (or TrainingSettings.base_model), a GGUF dequantized once under models/base."""
+    from qeforge.training.base_sources import BASE_INFO, PROFILE_BASES, resolve_base
+    from qeforge.training.lora_targets import LORA_TARGETS
+
+    source = training.base_model or PROFILE_BASES[training.profile]
+    started = time.time()
+    base = resolve_base(source, training.models_dir() / "base")
+    context.log.info(f"base model {source} -> {base.name_or_path} ({base.kind}, {time.time() - started:.1f}s)")
+    path = Path(base.name_or_path)
+    config = json.loads((path / "config.json").read_text()) if base.kind != "hub" else {}
+    info = json.loads((path / BASE_INFO).read_text()) if (path / BASE_INFO).exists() else {}
+    architecture = config.get("model_type", "phi3" if source == PROFILE_BASES["phi-4"] else "?")
+    return dg.Output(
+        {**base.as_dict(), "profile": training.profile, "architecture": architecture},
+        metadata={
+            "base_model": base.name_or_path,
+            "source": source,
+            "kind": base.kind,
+            "source_sha256": base.sha256 or "",
+            "architecture": architecture,
+            "lora_target_modules": ", ".join(LORA_TARGETS.get(architecture, ["(set in the recipe)"])),
+            **{k: info[k] for k in ("n_params", "seconds") if k in info},
+            "resolve_seconds": round(time.time() - started, 1),
+        },
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, deps=["curated_datasets"], op_tags={"qeforge/stage": "training"})
 def base_model(context: dg.AssetExecutionContext, training: TrainingSettings, curated_datasets: dict) -> dg.Output[dict]:
-    """The model adapters are trained on: Phi-4 by name, or the tiny Phi-3 built on the curated corpus."""
+    """The model adapters are trained on: a pretrained one (Hub id, directory or GGUF), or the tiny Phi-3 built here."""
     if training.profile != "tiny":
-        name = training.base_model or PHI4
-        return dg.Output({"name_or_path": name, "profile": training.profile}, metadata={"base_model": name})
+        return _pretrained_base(context, training)
     from qeforge.training.base_model import build_tiny_base, corpus_from_datasets
 
     # Pretrained on every category's train split only: validation and test stay unseen.

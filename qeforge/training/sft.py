@@ -80,17 +80,27 @@ def _load_splits(script_args):
 
 
 def _check_model(model_args, training_args) -> None:
-    """Fail before loading weights: LoRA required, and its target modules must exist (meta-device model)."""
+    """Fail before loading weights: LoRA required, and its target modules must exist (meta-device model).
+
+    Unset lora_target_modules are chosen for the architecture (qeforge.training.lora_targets) and
+    written back into model_args, so the resolved recipe records them."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .lora_targets import lora_targets
 
     if not model_args.use_peft:
         raise RecipeError("use_peft must be true: this stack trains one LoRA adapter per category")
     targets = model_args.lora_target_modules
-    if targets is None or isinstance(targets, str):  # None: peft's per-architecture default; "all-linear"
+    if isinstance(targets, str):  # "all-linear": peft resolves it
         return
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
                                         trust_remote_code=training_args.trust_remote_code)
+    if targets is None:
+        try:
+            targets = model_args.lora_target_modules = lora_targets(config.model_type)
+        except KeyError as e:
+            raise RecipeError(f"{model_args.model_name_or_path}: {e.args[0]}") from e
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code)
     available = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
@@ -101,22 +111,18 @@ def _check_model(model_args, training_args) -> None:
 
 
 def _training_tokenizer(model_args, training_args):
-    """The base tokenizer with a chat template that has {% generation %} markers (assistant_only_loss)."""
+    """The base tokenizer; with assistant_only_loss, its own chat template plus {% generation %} markers."""
     from transformers import AutoTokenizer
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    from .tokenizer import PHI4_TRAINING_CHAT_TEMPLATE
+    from .chat_template import TemplateError, training_template
 
     tok = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
                                         trust_remote_code=training_args.trust_remote_code)
-    if training_args.assistant_only_loss and not has_generation_markers(tok.chat_template or ""):
-        if "<|im_sep|>" in (tok.chat_template or ""):  # microsoft/phi-4: trl has no patch for it
-            tok.chat_template = PHI4_TRAINING_CHAT_TEMPLATE
-        else:
-            try:
-                tok.chat_template = get_training_chat_template(tok) or tok.chat_template
-            except ValueError as e:
-                raise RecipeError(f"{model_args.model_name_or_path}: {e} (or set assistant_only_loss: false)") from e
+    if training_args.assistant_only_loss:
+        try:
+            tok.chat_template = training_template(tok)
+        except TemplateError as e:
+            raise RecipeError(str(e)) from e
     return tok
 
 

@@ -1,6 +1,6 @@
-"""A small byte-level BPE tokenizer in Phi-3 style, plus the training chat templates.
+"""A small byte-level BPE tokenizer in Phi-3 style, plus its training chat template.
 
-Both templates wrap the assistant turn (content + end-of-turn token) in
+The template wraps the assistant turn (content + end-of-turn token) in
 {% generation %}...{% endgeneration %}: trl's `assistant_only_loss=True` builds its loss mask
 from those markers, and putting the end-of-turn token inside teaches the model to stop.
 """
@@ -24,21 +24,6 @@ PHI3_TRAINING_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}"
     "{%- elif messages[-1]['role'] == 'assistant' %}{%- generation %}{{- eos_token }}{%- endgeneration %}"
     "{%- else %}{{- eos_token }}{%- endif %}"
-)
-
-# microsoft/phi-4 ships a template without generation markers that trl 1.16 cannot patch
-# (get_training_chat_template raises for it). This renders the same text as the original
-# (<|im_start|>role<|im_sep|>content<|im_end|>) with the assistant turn marked.
-PHI4_TRAINING_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant<|im_sep|>' }}{%- generation %}{{- message['content'] + '<|im_end|>' }}"
-    "{%- endgeneration %}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '<|im_sep|>' + message['content'] + '<|im_end|>' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant<|im_sep|>' }}{%- endif %}"
 )
 
 
