@@ -12,6 +12,9 @@ import time
 
 from qeforge.locations import default_locations
 
+# Checks that judge the model rather than the pipeline (see the end of run_main_job).
+MODEL_QUALITY_VERDICTS = {"adapter_beats_base", "adapter_beats_base_val_loss", "champion_gate"}
+
 
 def _category_line(category: str, run) -> str:
     nodes = {"lora_adapter", "adapter_evaluation", "routing_policy", "registered_adapter"}
@@ -116,4 +119,7 @@ def run_main_job(
         print(f"[{time.time() - started:.0f}s] serving smoke check: {'ok' if served else 'FAILED'}", flush=True)
         if not served:
             return 1
-    return 0 if all(c.passed for c in checks) else 1
+    # A model that does not (yet) beat its base is a result the report and the registry show, not a
+    # broken job; every other failed check (schema, leakage, splits, sandbox, ...) fails the job.
+    broken = [c for c in checks if not c.passed and c.check_name not in MODEL_QUALITY_VERDICTS]
+    return 1 if broken else 0

@@ -57,7 +57,11 @@ def serve_one_request_per_category(source=None, categories: tuple[str, ...] | No
             time.sleep(0.2)
         with urllib.request.urlopen(f"{base}/health", timeout=30) as response:  # /health shows no paths without a key
             print(f"serve: shim on {base} ({json.loads(response.read())['status']}, {app.state.engine.snapshot.source})")
+        served = set(app.state.engine.snapshot.adapters)
         for category in categories or CATEGORIES:
+            if category not in served:  # the gate kept its candidate out of `champion`: nothing local to ask
+                print(f"serve {category}: no champion registered, requests escalate to Claude")
+                continue
             body = {"model": registered_model_name(category), "max_tokens": 64,
                     "messages": [{"role": "system", "content": SYSTEM_PROMPTS[category]},
                                  {"role": "user", "content": PROMPTS[category]}]}
