@@ -147,7 +147,7 @@ def test_benchmark_shaped_trajectories_go_through_every_stage_unmodified(qe_home
     before = BENCHMARK.read_bytes()
     imported = subprocess.run([sys.executable, "-m", "qeforge.cli", "import", "--format", "jsonl", str(BENCHMARK)],
                               capture_output=True, text=True, check=True)
-    assert "read 50, imported 49, already present 0, quarantined 1" in imported.stdout
+    assert "read 50, imported 49, updated 0, already present 0, quarantined 1" in imported.stdout
 
     resources = {**defs.resources, "training": TrainingSettings(base_pretrain_steps=30)}
     assets = list(defs.assets)
