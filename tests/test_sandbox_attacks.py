@@ -24,21 +24,11 @@ import pytest
 
 from qeforge.evaluation.sandbox import SandboxLimits, bwrap_available, run_tests
 from qeforge.evaluation.test_generation import make_mutants, score_test_generation
+from tests.test_sandbox import FOCAL, META
 
 needs_bwrap = pytest.mark.skipif(
     not bwrap_available(), reason="bubblewrap missing or user namespaces disabled here (.ci/run installs bubblewrap)")
 
-FOCAL = '''def clamp(x, lo, hi):
-    """x limited to [lo, hi]."""
-    if lo > hi:
-        raise ValueError("empty range")
-    if x < lo:
-        return lo
-    if x > hi:
-        return hi
-    return x
-'''
-META = {"focal_code": FOCAL, "entry_point": "clamp", "module": "focal"}
 
 # Each test below passes only if its attack got through.
 HOSTILE = r'''
