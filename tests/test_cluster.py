@@ -6,8 +6,10 @@ Skipped with the reason when PostgreSQL's binaries are absent (`.ci/run` install
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # dagster, dagster-daemon and qeforge of this environment
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 BUCKET = "qeforge"
 CATEGORY = "coverage-analysis"
@@ -136,3 +139,135 @@ def test_one_category_end_to_end_on_postgres_and_s3(postgres, s3, tmp_path, monk
     assert serve_one_request_per_category(categories=(CATEGORY,))
     assert f"serve {CATEGORY}: " in capsys.readouterr().out
     assert list((home / "serving" / "registry_cache").rglob("adapter_model.safetensors"))
+
+
+# --- The daemon path: schedule tick, sensors, the queued coordinator's training tag limit ----------------
+
+DAEMON_CATEGORIES = ("code-review", "flaky-detection")  # the two categories that train in seconds on tiny
+
+
+def _demo_rows(path: Path, *, n: int, seed: int) -> Path:
+    """Demo trajectories of DAEMON_CATEGORIES only, so the sensor's run chain trains two partitions."""
+    import json
+
+    from qeforge.demo import generate_demo_lines
+
+    keep = []
+    for line in generate_demo_lines(n, seed=seed, with_embeddings=False):
+        try:
+            row = json.loads(line)
+        except ValueError:  # the demo's deliberately broken lines: the import quarantines them anyway
+            continue
+        if isinstance(row, dict) and row.get("category") in DAEMON_CATEGORIES:
+            keep.append(line)
+    path.write_text("\n".join(keep) + "\n")
+    return path
+
+
+def _dagster(env: dict, *args: str) -> None:
+    subprocess.run([str(BIN / "dagster"), *args, "-w", "workspace.yaml"], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=300)
+
+
+def _wait_for(instance, predicate, what: str, timeout_s: float = 900):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        records = instance.get_run_records()
+        found = predicate(records)
+        if found:
+            return found
+        time.sleep(3)
+    raise AssertionError(f"timed out waiting for {what}: "
+                         f"{[(r.dagster_run.job_name, r.dagster_run.status.value, dict(r.dagster_run.tags)) for r in records]}")
+
+
+def _finished(records, **tags):
+    """Run records whose tags include these, once every one of them has finished."""
+    matching = [r for r in records if all(r.dagster_run.tags.get(k) == v for k, v in tags.items())]
+    return matching if matching and all(r.dagster_run.is_finished for r in matching) else None
+
+
+def test_daemon_ticks_the_schedule_runs_the_sensors_and_queues_the_second_training_run(postgres, tmp_path, monkeypatch):
+    """dagster-daemon on the cluster dagster.yaml: the weekly schedule (on a test cron) launches curation;
+    after an import, the new_trajectories sensor requests curation for the two categories it affects;
+    after_curation requests one training run per category, and the tag limit (qeforge/stage=training: 1)
+    keeps the second in the queue until the first has finished; after_category then writes the routing policy."""
+    import dagster as dg
+    import psycopg2
+
+    conn = psycopg2.connect(f"{postgres}/postgres")
+    conn.autocommit = True
+    conn.cursor().execute("CREATE DATABASE daemon")
+    conn.close()
+    home, dagster_home = tmp_path / "qeforge-home", tmp_path / "dagster-home"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "docs" / "deploy" / "cluster" / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {**os.environ, "QEFORGE_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
+           "DAGSTER_PG_URL": f"{postgres}/daemon".replace("postgresql://", "postgresql+psycopg2://"),
+           "QEFORGE_REFRESH_CRON": "* * * * *",  # a tick every minute instead of Monday 03:00
+           "QEFORGE_NEW_TRAJECTORIES_THRESHOLD": "10"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # MLflow and LanceDB stay embedded: this test is about Dagster's daemon
+    env.pop("QEFORGE_LANCEDB_URI", None)
+    monkeypatch.setenv("DAGSTER_PG_URL", env["DAGSTER_PG_URL"])  # for this process's instance, reading the runs
+
+    def import_rows(seed: int):
+        subprocess.run([str(BIN / "qeforge"), "import", "--format", "jsonl",
+                        str(_demo_rows(tmp_path / f"rows-{seed}.jsonl", n=400, seed=seed))],
+                       cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+
+    import_rows(seed=0)
+    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"),
+                              start_new_session=True)
+    try:
+        instance = dg.DagsterInstance.from_config(str(dagster_home))
+        started = time.time()
+        # 1. The schedule: its next minute's tick launches a curation run through the queue.
+        scheduled_tag = {"dagster/schedule_name": "weekly_refresh"}
+        _dagster(env, "schedule", "start", "weekly_refresh")
+        _wait_for(instance, lambda rs: [r for r in rs if r.dagster_run.tags.get("dagster/schedule_name")],
+                  "the weekly_refresh tick")
+        _dagster(env, "schedule", "stop", "weekly_refresh")  # one tick is enough (another may have slipped in)
+        scheduled = _wait_for(instance, lambda rs: _finished(rs, **scheduled_tag), "the scheduled curation run")
+        assert {r.dagster_run.job_name for r in scheduled} == {"curation"}
+        assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in scheduled)
+        assert all(r.dagster_run.tags["qeforge/categories"] == "all" for r in scheduled)
+        print(f"schedule tick -> curation run finished: {time.time() - started:.0f}s")
+
+        # 2. New trajectories, then the sensors: curation for the affected categories, one training run
+        #    per category, and the routing policy after them.
+        import_rows(seed=1)
+        for sensor in ("after_curation", "after_category", "new_trajectories"):
+            _dagster(env, "sensor", "start", sensor)
+        (curation,) = _wait_for(instance, lambda rs: _finished(rs, **{"dagster/sensor_name": "new_trajectories"}),
+                                "the new_trajectories sensor's curation run")
+        assert curation.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        assert curation.dagster_run.tags["qeforge/categories"] == ",".join(DAEMON_CATEGORIES)
+        training = _wait_for(
+            instance, lambda rs: (lambda f: f if f and len(f) == 2 else None)(
+                _finished(rs, **{"dagster/sensor_name": "after_curation"})),
+            "the two training runs after curation")
+        assert sorted(r.dagster_run.tags["dagster/partition"] for r in training) == list(DAEMON_CATEGORIES)
+        first, second = sorted(training, key=lambda r: r.start_time)
+        # Both were requested by the same sensor tick; the second waited in the queue until the first ended.
+        assert second.create_timestamp.timestamp() < first.end_time <= second.start_time, (
+            second.create_timestamp, first.end_time, second.start_time)
+        print(f"training runs {first.end_time - first.start_time:.0f}s and {second.end_time - second.start_time:.0f}s; "
+              f"the second queued {second.start_time - second.create_timestamp.timestamp():.0f}s")
+        if any(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in training):
+            routing = _wait_for(instance, lambda rs: _finished(rs, **{"dagster/sensor_name": "after_category"}),
+                                "the routing run after a successful training run")
+            assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in routing)
+        print(f"daemon path end to end: {time.time() - started:.0f}s")
+    finally:
+        # SIGTERM first; a daemon started from a shell that ignores SIGINT also ignores SIGTERM, hence SIGKILL.
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+    # Every run, tick and event in PostgreSQL, nothing in DAGSTER_HOME's sqlite.
+    assert _query(f"{postgres}/daemon", "SELECT count(*) FROM runs")[0][0] >= 4
+    assert _query(f"{postgres}/daemon", "SELECT count(*) FROM job_ticks")[0][0] >= 2
+    assert not list(dagster_home.glob("**/*.db"))
