@@ -271,3 +271,20 @@ def test_the_optional_multitask_dataset_is_written_beside_the_categories_and_ver
     # 6/2/2 rows per category and split, two categories at 50/50 -> 12/4/4.
     assert {s: multitask[s].num_rows for s in multitask} == {"train": 12, "validation": 4, "test": 4}
     assert set(multitask["train"]["category"]) == {"test-generation", "code-review"}
+
+
+def test_a_category_without_rows_is_written_and_loads_back_empty(tmp_path):
+    """The sensor's partial refresh (rows of two categories only) curates the others to 0 rows; the
+    base model reads every category's train split, so an empty one must load, not crash."""
+    from datasets import load_from_disk
+
+    from qeforge.curation.export import write_version
+
+    n = 6
+    f = frame(n, category=["code-review"] * n, model=["claude-sonnet-4-6"] * n, group=[f"g{i}" for i in range(n)],
+              metadata=["{}"] * n, split=["train"] * 4 + ["validation", "test"])
+    _, path, _ = write_version(dataset_records(f), tmp_path, report={})
+    empty = load_from_disk(str(path / "flaky-detection"))
+    assert {s: empty[s].num_rows for s in empty} == {"train": 0, "validation": 0, "test": 0}
+    assert "messages" in empty["train"].column_names
+    assert load_from_disk(str(path / "code-review"))["train"].num_rows == 4

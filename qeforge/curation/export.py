@@ -96,7 +96,9 @@ def _save_splits(part: pd.DataFrame, path: Path) -> dict[str, int]:
         s: Dataset.from_pandas(part[part["split"] == s][list(COLUMNS)].reset_index(drop=True), preserve_index=False)
         for s in SPLITS
     }
-    DatasetDict(splits).save_to_disk(str(path))
+    # An empty split written with datasets' default sharding has no data file, and load_from_disk then fails
+    # (datasets 5.2): one empty shard keeps a category with no rows (or no test rows) loadable.
+    DatasetDict(splits).save_to_disk(str(path), num_shards={s: 1 for s, d in splits.items() if len(d) == 0})
     return {s: int((part["split"] == s).sum()) for s in SPLITS}
 
 
