@@ -169,7 +169,7 @@ def _dagster(env: dict, *args: str) -> None:
                    check=True, capture_output=True, timeout=300)
 
 
-def _wait_for(instance, predicate, what: str, timeout_s: float = 900):
+def _wait_for(instance, predicate, what: str, timeout_s: float = 1800):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         records = instance.get_run_records()
@@ -181,6 +181,15 @@ def _wait_for(instance, predicate, what: str, timeout_s: float = 900):
                          f"{[(r.dagster_run.job_name, r.dagster_run.status.value, dict(r.dagster_run.tags)) for r in records]}")
 
 
+def _failures(instance, records) -> str:
+    """The failed runs' error messages, for an assertion that says what broke."""
+    import dagster as dg
+
+    return "\n".join(f"{r.dagster_run.job_name} {r.dagster_run.run_id}: {e.message}" for r in records
+                     if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS
+                     for e in instance.all_logs(r.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE))
+
+
 def _finished(records, **tags):
     """Run records whose tags include these, once every one of them has finished."""
     matching = [r for r in records if all(r.dagster_run.tags.get(k) == v for k, v in tags.items())]
@@ -188,10 +197,11 @@ def _finished(records, **tags):
 
 
 def test_daemon_ticks_the_schedule_runs_the_sensors_and_queues_the_second_training_run(postgres, tmp_path, monkeypatch):
-    """dagster-daemon on the cluster dagster.yaml: the weekly schedule (on a test cron) launches curation;
-    after an import, the new_trajectories sensor requests curation for the two categories it affects;
-    after_curation requests one training run per category, and the tag limit (qeforge/stage=training: 1)
-    keeps the second in the queue until the first has finished; after_category then writes the routing policy."""
+    """dagster-daemon on the cluster dagster.yaml: after an import, the new_trajectories sensor requests
+    curation for the two categories it affects; after_curation requests one training run per category, and
+    the tag limit (qeforge/stage=training: 1) keeps the second in the queue until the first has finished;
+    after_category then writes the routing policy. The weekly schedule, on a test cron, then ticks and its
+    run is dequeued (not awaited: it is the same curation job)."""
     import dagster as dg
     import psycopg2
 
@@ -222,27 +232,15 @@ def test_daemon_ticks_the_schedule_runs_the_sensors_and_queues_the_second_traini
     try:
         instance = dg.DagsterInstance.from_config(str(dagster_home))
         started = time.time()
-        # 1. The schedule: its next minute's tick launches a curation run through the queue.
-        scheduled_tag = {"dagster/schedule_name": "weekly_refresh"}
-        _dagster(env, "schedule", "start", "weekly_refresh")
-        _wait_for(instance, lambda rs: [r for r in rs if r.dagster_run.tags.get("dagster/schedule_name")],
-                  "the weekly_refresh tick")
-        _dagster(env, "schedule", "stop", "weekly_refresh")  # one tick is enough (another may have slipped in)
-        scheduled = _wait_for(instance, lambda rs: _finished(rs, **scheduled_tag), "the scheduled curation run")
-        assert {r.dagster_run.job_name for r in scheduled} == {"curation"}
-        assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in scheduled)
-        assert all(r.dagster_run.tags["qeforge/categories"] == "all" for r in scheduled)
-        print(f"schedule tick -> curation run finished: {time.time() - started:.0f}s")
-
-        # 2. New trajectories, then the sensors: curation for the affected categories, one training run
-        #    per category, and the routing policy after them.
-        import_rows(seed=1)
+        # 1. The sensors on new trajectories: curation for the categories they affect, one training run per
+        #    category, and the routing policy after them.
         for sensor in ("after_curation", "after_category", "new_trajectories"):
             _dagster(env, "sensor", "start", sensor)
         (curation,) = _wait_for(instance, lambda rs: _finished(rs, **{"dagster/sensor_name": "new_trajectories"}),
                                 "the new_trajectories sensor's curation run")
-        assert curation.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        assert curation.dagster_run.status == dg.DagsterRunStatus.SUCCESS, _failures(instance, [curation])
         assert curation.dagster_run.tags["qeforge/categories"] == ",".join(DAEMON_CATEGORIES)
+        print(f"import -> sensor -> curation run finished: {time.time() - started:.0f}s")
         training = _wait_for(
             instance, lambda rs: (lambda f: f if f and len(f) == 2 else None)(
                 _finished(rs, **{"dagster/sensor_name": "after_curation"})),
@@ -257,8 +255,16 @@ def test_daemon_ticks_the_schedule_runs_the_sensors_and_queues_the_second_traini
         if any(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in training):
             routing = _wait_for(instance, lambda rs: _finished(rs, **{"dagster/sensor_name": "after_category"}),
                                 "the routing run after a successful training run")
-            assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in routing)
-        print(f"daemon path end to end: {time.time() - started:.0f}s")
+            assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in routing), _failures(instance, routing)
+        print(f"sensor chain end to end: {time.time() - started:.0f}s")
+
+        # 2. The schedule (a test cron): its next minute's tick launches a full refresh through the queue.
+        _dagster(env, "schedule", "start", "weekly_refresh")
+        (scheduled, *_) = _wait_for(instance, lambda rs: [r for r in rs if r.dagster_run.tags.get("dagster/schedule_name")
+                                                          and r.start_time], "the weekly_refresh tick's run to start")
+        _dagster(env, "schedule", "stop", "weekly_refresh")
+        assert scheduled.dagster_run.job_name == "curation" and scheduled.dagster_run.tags["qeforge/categories"] == "all"
+        print(f"schedule tick -> curation run dequeued: {time.time() - started:.0f}s")
     finally:
         # SIGTERM first; a daemon started from a shell that ignores SIGINT also ignores SIGTERM, hence SIGKILL.
         os.killpg(daemon.pid, signal.SIGTERM)
