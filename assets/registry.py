@@ -45,6 +45,7 @@ def registered_adapter(
     tags = {
         "category": category,
         "base_model": training["base_model"],
+        **{k: training[k] for k in ("base_gguf", "base_gguf_sha256") if k in training},
         "dataset_version": curated_datasets["version"],
         "dataset_hash": training["dataset_hash"],
         "recipe_hash": hashlib.sha256(json.dumps(training.get("recipe", {}), sort_keys=True).encode()).hexdigest()[:16],

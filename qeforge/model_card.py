@@ -40,6 +40,8 @@ def build_card(category: str, *, training: dict, summary: dict, routing: dict, p
         f"- val loss {_num(training.get('val_loss'))} vs base {_num(training.get('base_val_loss'))}; "
         f"{training.get('trainable_params')} trainable params; adapter {int(training.get('adapter_size_bytes', 0)) / 1e6:.2f} MB",
         f"- git commit `{tags.get('git_commit', 'unknown')}`, recipe hash `{tags.get('recipe_hash', '')}`",
+        *([f"- base dequantized from `{training['base_gguf']}` (sha256 `{training['base_gguf_sha256']}`)"]
+          if training.get("base_gguf") else []),
         "",
         f"## Evaluation (`{summary.get('spec_digest')}`, eval spec v{summary.get('spec_version')}, {summary['eval_split']} split)",
         "| model | score | 95% CI |",

@@ -245,6 +245,24 @@ def test_lora_on_the_gguf_base_targets_all_seven_llama_modules(llama_gguf, tmp_p
     assert summary["trainable_params"] == 16 * (128 + 96 + 96 + 128 + 3 * 192) * 2
     adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == sorted(LORA_TARGETS["llama"])
+    # The GGUF it came from travels with the adapter: training summary -> registry tags and model card.
+    assert summary["base_gguf"] == "tiny-llama.Q8_0.gguf" and summary["base_gguf_sha256"] == base.sha256
+
+
+def test_the_model_card_names_the_gguf_and_its_sha256():
+    from qeforge.model_card import build_card
+
+    ci = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    card_inputs = dict(
+        summary={"quality_ratio": ci, "meets_target": False, "n_paired": 3, "n_eval": 3, "target_ratio": 0.95,
+                 "eval_split": "test", **{f"{w}_score": ci for w in ("base", "adapter", "claude")}},
+        routing={"confirmed": {"local_share": 0.5, "quality_ratio": 0.5, "savings_per_1k": 0.1, "quality_ratio_low": 0.4,
+                               "quality_ratio_high": 0.6}, "signal_auroc": {}, "cpt": {"50": 1, "80": 1, "95": 1}, "apgr": 0.5},
+        policy={"threshold": 0.1, "signal": "mean_logprob"}, dataset={"version": "v"}, tags={})
+    gguf = {"base_gguf": "SmolLM2-135M-Instruct.Q4_1.gguf", "base_gguf_sha256": "b179c952" + "0" * 56}
+    card = build_card("code-review", training=gguf, **card_inputs)
+    assert f"dequantized from `SmolLM2-135M-Instruct.Q4_1.gguf` (sha256 `{gguf['base_gguf_sha256']}`)" in card
+    assert "dequantized from" not in build_card("code-review", training={}, **card_inputs)
 
 
 def test_smol_recipes_parse_and_leave_the_targets_to_the_architecture():

@@ -112,6 +112,15 @@ def dequantize_gguf(gguf_path: str | Path, cache_root: str | Path, *, expected_s
     return out
 
 
+def base_provenance(name_or_path: str) -> dict:
+    """The GGUF file a dequantized base came from and its sha256 (from its base_info.json); {} for any other base."""
+    info = Path(name_or_path) / BASE_INFO
+    if not info.is_file():
+        return {}
+    data = json.loads(info.read_text())
+    return {"base_gguf": Path(data["source"]).name, "base_gguf_sha256": data["sha256"]}
+
+
 def resolve_base(source: str, cache_root: str | Path) -> ResolvedBase:
     """The loadable name or directory for a configured base model source (see module docstring)."""
     if source.startswith(PACKAGE_PREFIX):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .base_sources import base_provenance
 from .config import RecipeError, ScriptArguments, check_recipe_keys, load_recipe  # noqa: F401 (re-exported)
 
 SUMMARY = "training_summary.json"
@@ -253,6 +254,7 @@ def main(script_args, training_args, model_args, *, callbacks=None) -> dict[str,
         "fingerprint": fingerprint,
         "category": script_args.category,
         "base_model": model_args.model_name_or_path,
+        **base_provenance(model_args.model_name_or_path),  # GGUF file and sha256, for a GGUF base
         "dataset_path": str(script_args.dataset_path),
         "dataset_hash": ds_hash,
         "n_train": len(dsd["train"]),
