@@ -40,6 +40,38 @@ def version_by_alias(client, category: str, alias: str):
         return None
 
 
+def lineage_tags(category: str, *, training: dict, summary: dict, policy: dict, dataset_version: str,
+                 training_run_id: str, adapter_dir: Path, git_commit: str | None) -> dict:
+    """The tags a registered version carries: where it came from (base, data, recipe, code, run) and how
+    it did (scores vs base and Claude, routing). `training`: the adapter's training_summary.json;
+    `summary`: its evaluation summary; `policy`: its routing policy entry."""
+    ratio = summary["quality_ratio"]
+    return {
+        "category": category,
+        "base_model": training["base_model"],
+        "dataset_version": dataset_version,
+        "dataset_hash": training["dataset_hash"],
+        "recipe_hash": hashlib.sha256(json.dumps(training.get("recipe", {}), sort_keys=True).encode()).hexdigest()[:16],
+        "git_commit": git_commit or "unknown",
+        "training_run_id": training_run_id,
+        "eval_spec": policy["eval_spec"],
+        "adapter_score": summary["adapter_score"]["value"],
+        "base_score": summary["base_score"]["value"],
+        "claude_score": summary["claude_score"]["value"],
+        "adapter_gain_over_base": summary["adapter_gain_over_base"],
+        "quality_ratio": ratio["value"],
+        "quality_ratio_ci_low": ratio["ci_low"],
+        "quality_ratio_ci_high": ratio["ci_high"],
+        "meets_target": summary["meets_target"],
+        "routing_signal": policy["signal"],
+        "routing_threshold": policy["threshold"],
+        "routing_policy": json.dumps(policy, sort_keys=True),
+        "adapter_size_bytes": training["adapter_size_bytes"],
+        "adapter_dir": str(adapter_dir),
+        "adapter_sha256": file_sha256(Path(adapter_dir) / "adapter_model.safetensors"),
+    }
+
+
 def register_candidate(client, category: str, *, run_id: str, tags: dict[str, str], card: str) -> str:
     """Register a new version from the run's adapter artifacts and point `candidate` at it."""
     from mlflow.exceptions import MlflowException
