@@ -6,13 +6,13 @@ Skipped with the reason when PostgreSQL's binaries are absent (`.ci/run` install
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -22,19 +22,13 @@ CATEGORY = "coverage-analysis"
 pytestmark = pytest.mark.skipif(not PG_BIN, reason="PostgreSQL binaries absent (apt-get install postgresql)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """initdb + pg_ctl in a temp dir on a free loopback port, as the test's user (postgres when root:
     the server refuses to run as root; pytest's own temp dirs are closed to other users). Yields the
     server's base URL."""
     root = Path(tempfile.mkdtemp(prefix="qeforge-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(root, "postgres")
@@ -61,7 +55,7 @@ def s3():
     """moto in server mode on loopback: a real HTTP S3 API. Yields the endpoint."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
@@ -129,10 +123,11 @@ def test_one_category_end_to_end_on_postgres_and_s3(postgres, s3, tmp_path, monk
     assert not (home / "lancedb").exists() and not (home / "mlflow").exists()
 
     # The shim serves the champion from the artifact store alone: the trained adapter directory is gone.
+    from qeforge.serving.registry_source import RegistrySource
     from qeforge.serving.smoke import serve_one_request_per_category
 
     shutil.rmtree(home / "models" / "adapters")
     shutil.rmtree(home / "serving", ignore_errors=True)
-    assert serve_one_request_per_category(categories=(CATEGORY,))
+    assert serve_one_request_per_category(RegistrySource(), categories=(CATEGORY,))
     assert f"serve {CATEGORY}: " in capsys.readouterr().out
     assert list((home / "serving" / "registry_cache").rglob("adapter_model.safetensors"))

@@ -271,3 +271,44 @@ def test_the_optional_multitask_dataset_is_written_beside_the_categories_and_ver
     # 6/2/2 rows per category and split, two categories at 50/50 -> 12/4/4.
     assert {s: multitask[s].num_rows for s in multitask} == {"train": 12, "validation": 4, "test": 4}
     assert set(multitask["train"]["category"]) == {"test-generation", "code-review"}
+
+
+def test_curation_report_follows_each_category_through_the_steps():
+    from qeforge.curation.report import curation_report
+
+    raw = pd.DataFrame({"category": ["code-review"] * 4 + [None]})
+    gated = pd.DataFrame({"category": ["code-review"] * 3 + [None]})
+    categorized = pd.DataFrame({"category": ["code-review"] * 3, "category_source": ["recorded", "recorded", "classifier"]})
+    used = pd.DataFrame({"category": ["code-review"] * 2})
+    report = curation_report(raw, gated, categorized, used, np.array([0, 0]), pd.Series(["malformed_json"]))
+    assert report["code-review"] == {"raw_recorded": 4, "gated_recorded": 3, "dedup_removed_recorded": 1,
+                                     "after_dedup_and_categorization": 3, "used": 2, "dropped_by_cap": 1,
+                                     "leakage_groups_multi": 1}
+
+
+def test_curation_report_counts_the_corpus():
+    from qeforge.curation.report import curation_report
+
+    frame = pd.DataFrame({"category": ["code-review"] * 2, "category_source": ["recorded", "classifier"]})
+    report = curation_report(frame, frame.head(2), frame.head(1), frame.head(1), np.array([0]), pd.Series(["x", "x"]))
+    assert report["corpus"] == {"stored": 2, "quarantined": 2, "quarantined_by_reason": {"x": 2}, "gated": 2,
+                                "dedup_removed": 1, "unlabeled_assigned_by_classifier": 0}
+
+
+def test_stored_vectors_are_reused_only_for_the_task_text_and_model():
+    from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, reusable_vectors
+
+    v = [3.0] + [0.0] * (EMBEDDING_DIM - 1)
+    vectors, reusable = reusable_vectors([v, v, v, None, v[:10]], [EMBEDDING_MODEL, EMBEDDING_MODEL, "other", None,
+                                                                   EMBEDDING_MODEL],
+                                         [None, "domain: task", "task", None, "task"], EMBEDDING_MODEL)
+    assert reusable.tolist() == [True, False, False, False, False] and vectors[0, 0] == 1.0  # unit length
+
+
+def test_embeddings_are_written_through_the_store(tmp_path):
+    from qeforge import store
+
+    db = store.connect(str(tmp_path / "lancedb"))
+    store.write_embeddings(db, ["a", "b"], ["code-review", None], [0.9, 0.8], np.eye(2, 4, dtype=np.float32))
+    table = db.open_table(store.EMBEDDINGS).to_pandas()
+    assert (table["id"].tolist(), len(table["vector"][0])) == (["a", "b"], 4)

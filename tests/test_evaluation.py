@@ -278,3 +278,42 @@ def test_a_split_with_nothing_scorable_escalates_everything_instead_of_raising(t
     routing = tune_routing(spec, frame, Prices(), tmp_path)
     assert routing["threshold"] == "inf" and routing["confirmed"]["local_share"] == 0.0
     assert "every request escalates" in routing["note"]
+
+
+# --- the evaluation's asset checks, as plain functions --------------------------------------------
+
+
+def test_a_leaked_eval_example_fails_the_split_check():
+    from qeforge.evaluation.checks import evaluated_on_test_split_only
+
+    passed, metadata = evaluated_on_test_split_only({"a", "b"}, {"train": {"b"}, "validation": set(), "test": {"a", "b"}}, "test")
+    assert (passed, metadata["in_train_or_validation"]) == (False, 1)
+
+
+def test_scoring_exactly_the_test_split_passes_the_split_check():
+    from qeforge.evaluation.checks import evaluated_on_test_split_only
+
+    assert evaluated_on_test_split_only({"a"}, {"train": {"b"}, "validation": {"c"}, "test": {"a"}}, "test")[0]
+
+
+def test_an_escaped_suite_fails_the_sandbox_check():
+    from qeforge.evaluation.checks import sandbox_contained
+
+    frame = pd.DataFrame({"adapter_syntax_valid": [True, True], "adapter_sandbox_ran": [True, True],
+                          "adapter_escaped": [False, True], "adapter_sandbox_status": ["passed", "timeout"]})
+    passed, metadata = sandbox_contained(frame)
+    assert (passed, metadata["escapes"], metadata["timeouts"]) == (False, 1, 1)
+
+
+def test_a_category_without_generated_code_passes_the_sandbox_check():
+    from qeforge.evaluation.checks import sandbox_contained
+
+    assert sandbox_contained(pd.DataFrame({"adapter_output": ["x"]})) == (
+        True, {"sandboxed_runs": 0, "note": "this category runs no generated code"})
+
+
+def test_no_gain_over_the_base_fails_the_base_check():
+    from qeforge.evaluation.checks import adapter_beats_base
+
+    summary = {"adapter_gain_over_base": 0.0, "adapter_score": {"value": 0.5}, "base_score": {"value": 0.5}}
+    assert adapter_beats_base(summary)[0] is False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 
 import pytest
 
@@ -208,20 +209,22 @@ def test_output_is_adapter_only_and_changes_logits(trained, tiny_base):
         assert not torch.allclose(tuned(ids).logits, base_logits)
 
 
-def test_same_inputs_skip_and_force_retrains(trained):
+def test_same_inputs_skip_training(trained, tiny_base, dataset_dir, tmp_path):
     from qeforge.training.sft import main
 
-    args, first, out = trained
-    again = main(*args)
+    _, first, out = trained
+    copy = shutil.copytree(out, tmp_path / "adapter")  # the module's adapter stays as trained
+    again = main(*tiny_args(tiny_base, dataset_dir, copy))
     assert again["skipped"] is True and again["fingerprint"] == first["fingerprint"]
-    script, train, model = args
-    script.force = True
-    try:
-        forced = main(script, train, model)
-    finally:
-        script.force = False
-    assert forced["skipped"] is False and forced["fingerprint"] == first["fingerprint"]
-    assert forced["resumed_from"] is None
+
+
+def test_force_retrains_on_the_same_inputs(trained, tiny_base, dataset_dir, tmp_path):
+    from qeforge.training.sft import main
+
+    _, first, out = trained
+    copy = shutil.copytree(out, tmp_path / "adapter")
+    forced = main(*tiny_args(tiny_base, dataset_dir, copy, force=True))
+    assert (forced["skipped"], forced["fingerprint"], forced["resumed_from"]) == (False, first["fingerprint"], None)
 
 
 def test_interrupted_run_resumes_from_last_checkpoint(tiny_base, dataset_dir, tmp_path):
