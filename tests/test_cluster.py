@@ -19,7 +19,7 @@ PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 BUCKET = "qeforge"
 CATEGORY = "coverage-analysis"
 
-pytestmark = pytest.mark.skipif(not PG_BIN, reason="PostgreSQL binaries absent (apt-get install postgresql)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not PG_BIN, reason="PostgreSQL binaries absent (apt-get install postgresql)")]
 
 
 @pytest.fixture(scope="module")

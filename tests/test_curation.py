@@ -79,6 +79,7 @@ def _dedup(f):
     return deduplicate(f, embed_texts(f["task"].tolist()), 0.95)
 
 
+@pytest.mark.slow
 def test_dedup_keeps_best_member_and_reports_kinds():
     answer = "def test_parse():\n    assert parse_date('2026-01-02') == date(2026, 1, 2)"
     f = frame(5, task=["Write pytest tests for parse_date(text), which reads ISO dates.",
@@ -123,6 +124,7 @@ def test_one_function_with_different_tests_and_different_uncovered_lines_is_kept
     assert len(result.kept) == 2 and result.task_only_matches == 1
 
 
+@pytest.mark.slow
 def test_a_paraphrased_task_with_the_same_answer_is_removed():
     suite = (FIXTURES / "classeval_bank_account_suite.py").read_text()
     f = frame(2, task=[_class_task("Write a unittest suite for the `deposit` method of `BankAccount`; cover invalid amounts."),
@@ -220,6 +222,7 @@ def test_dataset_version_is_a_content_hash():
     assert content_version(dataset_records(changed)) != a
 
 
+@pytest.mark.slow
 def test_a_crash_while_writing_a_version_leaves_the_previous_one_in_use(tmp_path, monkeypatch):
     from datasets import DatasetDict
 
@@ -251,6 +254,7 @@ def test_a_crash_while_writing_a_version_leaves_the_previous_one_in_use(tmp_path
     assert (first_path / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_the_optional_multitask_dataset_is_written_beside_the_categories_and_versioned(tmp_path):
     from datasets import load_from_disk
 

@@ -82,6 +82,7 @@ def test_flaky_scorer_weighs_verdict_and_cause():
     assert aggregates["verdict_macro_f1"] == pytest.approx(7 / 12)
 
 
+@pytest.mark.slow
 def test_code_review_scorer_wants_the_same_lines_and_words_as_the_accepted_comment():
     spec = load_spec("code-review")
     meta = {"issue_lines": [16], "reference_comment": "Line 16: local variable `sum` shadows the builtin; rename it."}
@@ -185,6 +186,7 @@ def test_a_spec_with_an_unknown_key_or_source_is_an_error(tmp_path, patch, messa
         load_spec("coverage-analysis", tmp_path)
 
 
+@pytest.mark.slow
 def test_test_generation_scores_a_classeval_class_from_the_task_and_counts_what_it_cannot_run():
     spec = load_spec("test-generation")
     rows = _benchmark("test-generation")
@@ -204,6 +206,7 @@ def test_test_generation_scores_a_classeval_class_from_the_task_and_counts_what_
     assert 0 < broken["pass_rate"][0] < 1 and broken["score"][0] < withdraw["score"]
 
 
+@pytest.mark.slow
 def test_coverage_truth_comes_from_the_annotated_listing_or_a_traced_run_and_lines_may_be_named_by_code():
     spec = load_spec("coverage-analysis")
     rows = _benchmark("coverage-analysis")
@@ -261,6 +264,7 @@ def test_unscorable_examples_are_counted_with_reasons_and_left_out_of_every_scor
     assert s["quality_ratio"]["value"] == pytest.approx(0.75)
 
 
+@pytest.mark.slow
 def test_a_split_with_nothing_scorable_escalates_everything_instead_of_raising(tmp_path):
     from qeforge.evaluation.routing import Prices
     from qeforge.evaluation.run import tune_routing

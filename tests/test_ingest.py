@@ -173,6 +173,7 @@ def test_no_hostile_row_aborts_the_import(db, tmp_path):
     assert import_jsonl(db, path).already_present == 3  # and the table reads back for the next import
 
 
+@pytest.mark.slow
 def test_two_concurrent_imports_store_each_row_once(tmp_path):
     import subprocess
     import sys

@@ -56,6 +56,7 @@ def test_gate_is_ci_aware_and_blocks_a_worse_candidate():
     assert promotion_gate(worse, None, smoke_ok=True).passed  # the first champion only has to beat its base
 
 
+@pytest.mark.slow
 def test_register_promote_rollback_with_who_when_why(tmp_path, tiny):
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
     v1 = register_candidate(client, CATEGORY, run_id=_run_with_adapter(client, tiny["good"]), tags=_tags(tiny), card="# v1")
@@ -82,6 +83,7 @@ def _write_input(io_root, asset, partition, value):
     path.write_text(json.dumps(value))
 
 
+@pytest.mark.slow
 def test_blocking_gate_keeps_a_worse_candidate_out_of_champion(tmp_path, tiny, qe_home):
     """registered_adapter -> champion_gate (blocking) -> champion_adapter, through Dagster, twice."""
     from assets import curation, evaluation, registry, training
@@ -158,6 +160,7 @@ def mlflow_server(tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_remote_tracking_server_registry_and_serving_source(mlflow_server, tiny, tmp_path):
     """Nothing assumes a local path: adapters come back from the server when the recorded dir is gone."""
     from qeforge.serving.registry_source import RegistrySource

@@ -11,6 +11,8 @@ import pytest
 from servers import BackgroundServer
 from tiny_models import build_base, random_adapter
 
+pytestmark = pytest.mark.slow  # builds tiny models and serves them
+
 SERVED = ("test-generation", "coverage-analysis", "flaky-detection")
 PROMPT = [{"role": "user", "content": "def add(a, b):\n    return a + b"}]
 MAX = 8

@@ -51,7 +51,7 @@ def _chromium() -> tuple[str | None, str]:
 
 
 CHROMIUM, NO_BROWSER = _chromium()
-pytestmark = pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)]
 
 
 class Dagster:
