@@ -46,6 +46,7 @@ def adapter_evaluation(
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Adapter, base and Claude scored by the category's eval spec (evals/tasks/<category>.yaml), with CIs."""
     from qeforge.evaluation import checks
+    from qeforge.evaluation.report import headline_scores
     from qeforge.evaluation.run import evaluate_category, split_ids, summarize
     from qeforge.evaluation.spec import load_spec
     from qeforge.evaluation.tracking import log_to_run, numeric_items, plot_scores
@@ -70,7 +71,6 @@ def adapter_evaluation(
                    artifacts=[plot], artifact_path="eval", dicts={"summary.json": summary},
                    table=frame.drop(columns=[c for c in frame if c.endswith("_output") and c != "adapter_output"]))
 
-    ratio = summary["quality_ratio"]
     yield dg.Output(
         {"category": category, "dataset_version": curated_datasets["version"], "examples_path": str(examples_path),
          "adapter_dir": lora_adapter["adapter_dir"], "mlflow_run_id": lora_adapter["mlflow_run_id"], "summary": summary},
@@ -83,12 +83,7 @@ def adapter_evaluation(
             "ground_truth_sources": md_records([{"reference": name, "source": source, "examples": n}
                                                 for name, by in summary["truth_sources"].items() for source, n in by.items()]),
             "n_paired_with_claude": summary["n_paired"],
-            "adapter_score": summary["adapter_score"]["value"],
-            "base_score": summary["base_score"]["value"],
-            "claude_score": summary["claude_score"]["value"],
-            "quality_ratio": ratio["value"],
-            "quality_ratio_ci_low": ratio["ci_low"],
-            "quality_ratio_ci_high": ratio["ci_high"],
+            **headline_scores(summary),
             "target_ratio": spec.target_ratio,
             "meets_target": summary["meets_target"],
             "adapter_gain_over_base": summary["adapter_gain_over_base"],

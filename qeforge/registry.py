@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qeforge.categories import registered_model_name
+from qeforge.evaluation.report import headline_scores
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 
@@ -45,7 +46,6 @@ def lineage_tags(category: str, *, training: dict, summary: dict, policy: dict, 
     """The tags a registered version carries: where it came from (base, data, recipe, code, run) and how
     it did (scores vs base and Claude, routing). `training`: the adapter's training_summary.json;
     `summary`: its evaluation summary; `policy`: its routing policy entry."""
-    ratio = summary["quality_ratio"]
     return {
         "category": category,
         "base_model": training["base_model"],
@@ -55,13 +55,8 @@ def lineage_tags(category: str, *, training: dict, summary: dict, policy: dict, 
         "git_commit": git_commit or "unknown",
         "training_run_id": training_run_id,
         "eval_spec": policy["eval_spec"],
-        "adapter_score": summary["adapter_score"]["value"],
-        "base_score": summary["base_score"]["value"],
-        "claude_score": summary["claude_score"]["value"],
+        **headline_scores(summary),
         "adapter_gain_over_base": summary["adapter_gain_over_base"],
-        "quality_ratio": ratio["value"],
-        "quality_ratio_ci_low": ratio["ci_low"],
-        "quality_ratio_ci_high": ratio["ci_high"],
         "meets_target": summary["meets_target"],
         "routing_signal": policy["signal"],
         "routing_threshold": policy["threshold"],
