@@ -228,7 +228,8 @@ def cmd_serve(args) -> int:
     classifier = current_classifier_path(resource("dataset_store").path())
     try:
         settings = Settings(host=args.host, port=args.port, api_key=args.api_key or None, backend=args.backend,
-                            source=_serve_source(args), classifier_path=str(classifier) if classifier else None)
+                            source=_serve_source(args), classifier_path=str(classifier) if classifier else None,
+                            db=resource("lancedb").connect())
         if args.max_body_bytes is not None:
             settings.max_body_bytes = args.max_body_bytes
         serve(settings)

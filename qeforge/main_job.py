@@ -118,7 +118,7 @@ def run_main_job(
 
         started = time.time()
         served = serve_one_request_per_category(RegistrySource(RESOURCES["mlflow"].resolved_tracking_uri()),
-                                                categories=categories)
+                                                categories=categories, db=db)
         print(f"[{time.time() - started:.0f}s] serving smoke check: {'ok' if served else 'FAILED'}", flush=True)
         if not served:
             return 1

@@ -22,13 +22,14 @@ def _post(url: str, body: dict) -> tuple[dict, dict]:
         return json.loads(response.read()), dict(response.headers)
 
 
-def serve_one_request_per_category(source, categories: tuple[str, ...] | None = None) -> bool:
-    """`source`: what to serve (the main job passes the registry its resources point at)."""
+def serve_one_request_per_category(source, categories: tuple[str, ...] | None = None, db=None) -> bool:
+    """`source`: what to serve, `db`: the LanceDB the knn signal searches (the main job passes what its
+    resources point at)."""
     from qeforge.serving.app import Settings, create_app
     from qeforge.serving.background import BackgroundServer
 
     try:
-        app = create_app(Settings(host="127.0.0.1", source=source))
+        app = create_app(Settings(host="127.0.0.1", source=source, db=db))
     except (FileNotFoundError, ValueError) as err:  # nothing promoted yet, or champions on different bases
         print(f"serve: nothing to serve: {err}")
         return False
