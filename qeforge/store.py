@@ -116,7 +116,8 @@ def write_embeddings(db, ids, categories, qualities, vectors):
     table = pa.table(
         {
             "id": pa.array(list(ids), pa.string()),
-            "category": pa.array(list(categories), pa.string()),
+            # A row the classifier has not categorized yet has no category: NaN from pandas, stored as null.
+            "category": pa.array(list(categories), pa.string(), from_pandas=True),
             "quality": pa.array(list(qualities), pa.float64()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
         }

@@ -313,6 +313,7 @@ def test_embeddings_are_written_through_the_store(tmp_path):
     from qeforge import store
 
     db = store.connect(str(tmp_path / "lancedb"))
-    store.write_embeddings(db, ["a", "b"], ["code-review", None], [0.9, 0.8], np.eye(2, 4, dtype=np.float32))
-    table = db.open_table(store.EMBEDDINGS).to_pandas()
-    assert (table["id"].tolist(), len(table["vector"][0])) == (["a", "b"], 4)
+    categories = pd.Series(["code-review", np.nan])  # not categorized yet: NaN in the frame
+    store.write_embeddings(db, ["a", "b"], categories, [0.9, 0.8], np.eye(2, 4, dtype=np.float32))
+    table = db.open_table(store.EMBEDDINGS).to_arrow()
+    assert (table["category"].to_pylist(), len(table["vector"][0])) == (["code-review", None], 4)
