@@ -5,19 +5,18 @@ from datetime import timedelta
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from assets.metadata import counts, md_histogram, md_records, md_table
 from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBResource
 from qeforge import store
 from qeforge.categories import CATEGORIES
 from qeforge.curation.balance import cap_per_category, mix_rows
-from qeforge.curation.categorize import train_classifier
+from qeforge.curation.categorize import CategoryClassifier, train_classifier
 from qeforge.curation.dedup import deduplicate
 from qeforge.curation.export import dataset_records, write_version
 from qeforge.curation.gate import apply_gate
+from qeforge.curation.report import curation_report, split_counts
 from qeforge.curation.split import assign_splits, leakage_groups
-from qeforge.embedding import EMBEDDING_DIM, embed_texts, same_model
-from qeforge.locations import qeforge_home
+from qeforge.embedding import EMBEDDING_DIM, embed_texts, reusable_vectors
 
 GROUP = "curation"
 
@@ -109,16 +108,9 @@ def trajectory_embeddings(
 ) -> dg.Output[pd.DataFrame]:
     """One task embedding per kept trajectory: a stored vector is reused when it embeds the task text with
     the same model (agentic-qe's embed `name + description + tags` or `domain: task`); others are computed."""
-    reusable = [
-        v is not None and same_model(m, curation.embedding_model) and len(v) == EMBEDDING_DIM and text in (None, "task")
-        for v, m, text in zip(quality_gated["stored_embedding"], quality_gated["embedding_model"],
-                              quality_gated["embedding_text"])
-    ]
-    vectors = np.zeros((len(quality_gated), EMBEDDING_DIM), dtype=np.float32)
-    for i in np.flatnonzero(reusable):
-        v = np.asarray(quality_gated["stored_embedding"].iloc[i], dtype=np.float32)
-        vectors[i] = v / max(float(np.linalg.norm(v)), 1e-12)
-    missing = np.flatnonzero(~np.asarray(reusable, dtype=bool))
+    vectors, reusable = reusable_vectors(quality_gated["stored_embedding"].tolist(), quality_gated["embedding_model"].tolist(),
+                                         quality_gated["embedding_text"].tolist(), curation.embedding_model)
+    missing = np.flatnonzero(~reusable)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % (curation.embedding_batch_size * 8) == 0:
@@ -130,22 +122,12 @@ def trajectory_embeddings(
             texts, model_name=curation.embedding_model, batch_size=curation.embedding_batch_size, progress=progress
         )
     frame = quality_gated.drop(columns=["stored_embedding"]).assign(vector=list(vectors) if len(vectors) else [])
-    # The embeddings table serves nearest-known-good lookups (routing) and sensors.
-    db = lancedb.connect()
-    table = pa.table(
-        {
-            "id": frame["id"],
-            "category": frame["category"],
-            "quality": frame["quality"],
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBEDDING_DIM),
-        }
-    )
-    db.create_table(store.EMBEDDINGS, data=table, mode="overwrite")
+    store.write_embeddings(lancedb.connect(), frame["id"], frame["category"], frame["quality"], vectors)
     return dg.Output(
         frame,
         metadata={
             "dagster/row_count": len(frame),
-            "reused_stored": int(np.sum(reusable)),
+            "reused_stored": int(reusable.sum()),
             "computed": int(len(missing)),
             "stored_but_other_text": int(sum(v is not None and t not in (None, "task") for v, t in
                                              zip(quality_gated["stored_embedding"], quality_gated["embedding_text"]))),
@@ -184,33 +166,45 @@ def deduplicated(trajectory_embeddings: pd.DataFrame, curation: CurationSettings
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"scikitlearn"})
-def categorized(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame, curation: CurationSettings) -> dg.Output[pd.DataFrame]:
-    """Categories from the record or the domain map kept; the rest assigned by an embedding classifier
-    trained on those rows. With fewer than two categories to learn from there is no classifier, and
-    unassigned rows are excluded and counted."""
-    vectors = stacked_vectors(deduplicated)
+@dg.asset(group_name=GROUP, kinds={"scikitlearn", "json"})
+def category_classifier(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame,
+                        curation: CurationSettings) -> dg.Output[dict]:
+    """An embedding classifier trained on the rows whose category is recorded or mapped from the domain;
+    `classifier` is None when they cover fewer than two categories. Saved with the dataset version, where
+    the shim's `qeforge` model reads it."""
     labeled = deduplicated["category"].notna().to_numpy()
     labels = deduplicated.loc[labeled, "category"].tolist()
+    if len(set(labels)) < 2:
+        context.log.warning(f"no classifier: labeled rows cover {sorted(set(labels))}, it needs two categories")
+        return dg.Output({"classifier": None}, metadata={"trained": False, "labeled_rows": len(labels)})
+    classifier, accuracy, held_out = train_classifier(stacked_vectors(deduplicated)[labeled], labels, seed=curation.seed)
+    return dg.Output(
+        {"classifier": classifier.as_dict(), "heldout_accuracy": accuracy, "heldout_rows": held_out},
+        metadata={"trained": True, "labeled_rows": len(labels), "heldout_accuracy": accuracy, "heldout_rows": held_out},
+    )
+
+
+def loaded_classifier(category_classifier: dict) -> CategoryClassifier | None:
+    state = category_classifier["classifier"]
+    return CategoryClassifier.from_dict(state) if state else None
+
+
+@dg.asset(group_name=GROUP, kinds={"scikitlearn"})
+def categorized(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame,
+                category_classifier: dict) -> dg.Output[pd.DataFrame]:
+    """Categories from the record or the domain map kept; the rest assigned by the category classifier.
+    Without a classifier, unassigned rows are excluded and counted."""
+    labeled = deduplicated["category"].notna().to_numpy()
     frame = deduplicated.copy()
     frame.loc[~labeled, "category_source"] = "classifier"
+    classifier = loaded_classifier(category_classifier)
     metadata = {}
-    if len(set(labels)) >= 2:
-        classifier, accuracy, held_out = train_classifier(vectors[labeled], labels, seed=curation.seed)
-        predicted, confidence = classifier.predict(vectors[~labeled]) if (~labeled).any() else ([], np.array([]))
-        frame.loc[~labeled, "category"] = predicted
-        path = qeforge_home() / "models" / "category_classifier" / "classifier.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        classifier.save(path)
-        metadata = {
-            "classifier_heldout_accuracy": accuracy,
-            "classifier_heldout_rows": held_out,
-            "mean_assignment_confidence": float(confidence.mean()) if len(confidence) else 0.0,
-            "classifier_path": dg.MetadataValue.path(str(path)),
-        }
-    else:
-        context.log.warning(f"no classifier: labeled rows cover {sorted(set(labels))}, it needs two categories")
+    if classifier is None:
         frame = frame[labeled].reset_index(drop=True)
+    elif (~labeled).any():
+        predicted, confidence = classifier.predict(stacked_vectors(deduplicated)[~labeled])
+        frame.loc[~labeled, "category"] = predicted
+        metadata = {"mean_assignment_confidence": float(confidence.mean())}
     return dg.Output(
         frame,
         metadata={
@@ -254,6 +248,7 @@ def curated_datasets(
     raw_trajectories: pd.DataFrame,
     quality_gated: pd.DataFrame,
     categorized: pd.DataFrame,
+    category_classifier: dict,
     curation: CurationSettings,
     dataset_store: DatasetStoreResource,
     lancedb: LanceDBResource,
@@ -267,46 +262,17 @@ def curated_datasets(
     split = assign_splits(balanced, groups, tuple(curation.split_ratios), seed=curation.seed)
     frame = balanced.assign(group=[balanced["id"].iloc[g] for g in groups], split=split.to_numpy())
     records = dataset_records(frame)
-    splits = {c: {s: int(((frame["category"] == c) & (frame["split"] == s)).sum()) for s in ("train", "validation", "test")} for c in CATEGORIES}
+    splits = split_counts(frame)
     quarantine = store.quarantine(lancedb.connect()).to_arrow().select(["reason"]).to_pandas()
-    recorded_gated = quality_gated["category"].value_counts()
-    recorded_kept = categorized[categorized["category_source"] != "classifier"]["category"].value_counts()
-    after_dedup = categorized["category"].value_counts()
-    report = {
-        c: {
-            "raw_recorded": int((raw_trajectories["category"] == c).sum()),
-            "gated_recorded": int(recorded_gated.get(c, 0)),
-            "dedup_removed_recorded": int(recorded_gated.get(c, 0) - recorded_kept.get(c, 0)),
-            "after_dedup_and_categorization": int(after_dedup.get(c, 0)),
-            "used": int((frame["category"] == c).sum()),
-            "dropped_by_cap": int(after_dedup.get(c, 0) - (frame["category"] == c).sum()),
-            "leakage_groups_multi": int(pd.Series(groups[frame["category"].to_numpy() == c]).value_counts().gt(1).sum()),
-        }
-        for c in CATEGORIES
-    }
-    # Quarantined rows often have no trustworthy category: counted for the corpus as a whole.
-    report["corpus"] = {
-        "stored": len(raw_trajectories),
-        "quarantined": len(quarantine),
-        "quarantined_by_reason": {str(k): int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()},
-        "gated": len(quality_gated),
-        "dedup_removed": len(quality_gated) - len(categorized),
-        "unlabeled_assigned_by_classifier": int((categorized["category_source"] == "classifier").sum()),
-    }
-    classifier = None
-    classifier_path = qeforge_home() / "models" / "category_classifier" / "classifier.json"
-    if classifier_path.exists():
-        from qeforge.curation.categorize import CategoryClassifier
-
-        classifier = CategoryClassifier.load(classifier_path)
+    report = curation_report(raw_trajectories, quality_gated, categorized, frame, groups, quarantine["reason"])
     multitask = None
     if curation.multitask_dataset:
         # Mixed per split, so the multi-task splits never mix rows across the per-category splits.
         parts = [mix_rows(frame[frame["split"] == s], curation.target_mix) for s in ("train", "validation", "test")]
         multitask = dataset_records(pd.concat([p for p, _ in parts]))
         report["multi-task"] = {s: r for s, (_, r) in zip(("train", "validation", "test"), parts)}
-    version, path, written = write_version(records, dataset_store.path(), report=report, classifier=classifier,
-                                           multitask=multitask)
+    version, path, written = write_version(records, dataset_store.path(), report=report,
+                                           classifier=loaded_classifier(category_classifier), multitask=multitask)
     context.log.info(f"dataset version {version} at {path} ({'written' if written else 'unchanged, reused'})")
     train = frame[frame["split"] == "train"]
     store.write_known_good(lancedb.connect(), train["id"], train["category"], train["quality"],

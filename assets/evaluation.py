@@ -10,16 +10,14 @@ import pandas as pd
 
 from assets.metadata import md_image, md_records, md_table
 from pipelines.partitions import category_partitions
-from pipelines.resources import mlflow_retries, EvaluationSettings, LanceDBResource, MLflowResource
-from qeforge.categories import CATEGORIES, DEFAULT_MIX
+from pipelines.resources import mlflow_retries, CurationSettings, EvaluationSettings, LanceDBResource, MLflowResource
+from qeforge.categories import CATEGORIES
 
 GROUP = "evaluation"
-# The plan's bars: the whole fleet at >= 95% of Claude, code review at >= 90%.
-OVERALL_TARGET = 0.95
 
 
 def _eval_dir(evaluation: EvaluationSettings, category: str, dataset_version: str) -> Path:
-    return evaluation.evals_dir() / category / dataset_version
+    return evaluation.evals_path() / category / dataset_version
 
 
 @dg.asset(
@@ -47,6 +45,8 @@ def adapter_evaluation(
     mlflow: MLflowResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Adapter, base and Claude scored by the category's eval spec (evals/tasks/<category>.yaml), with CIs."""
+    from qeforge.evaluation import checks
+    from qeforge.evaluation.report import headline_scores
     from qeforge.evaluation.run import evaluate_category, split_ids, summarize
     from qeforge.evaluation.spec import load_spec
     from qeforge.evaluation.tracking import log_to_run, numeric_items, plot_scores
@@ -71,7 +71,6 @@ def adapter_evaluation(
                    artifacts=[plot], artifact_path="eval", dicts={"summary.json": summary},
                    table=frame.drop(columns=[c for c in frame if c.endswith("_output") and c != "adapter_output"]))
 
-    ratio = summary["quality_ratio"]
     yield dg.Output(
         {"category": category, "dataset_version": curated_datasets["version"], "examples_path": str(examples_path),
          "adapter_dir": lora_adapter["adapter_dir"], "mlflow_run_id": lora_adapter["mlflow_run_id"], "summary": summary},
@@ -84,12 +83,7 @@ def adapter_evaluation(
             "ground_truth_sources": md_records([{"reference": name, "source": source, "examples": n}
                                                 for name, by in summary["truth_sources"].items() for source, n in by.items()]),
             "n_paired_with_claude": summary["n_paired"],
-            "adapter_score": summary["adapter_score"]["value"],
-            "base_score": summary["base_score"]["value"],
-            "claude_score": summary["claude_score"]["value"],
-            "quality_ratio": ratio["value"],
-            "quality_ratio_ci_low": ratio["ci_low"],
-            "quality_ratio_ci_high": ratio["ci_high"],
+            **headline_scores(summary),
             "target_ratio": spec.target_ratio,
             "meets_target": summary["meets_target"],
             "adapter_gain_over_base": summary["adapter_gain_over_base"],
@@ -102,50 +96,14 @@ def adapter_evaluation(
         },
     )
 
-    evaluated = frame[frame["split"] == spec.eval_split]
-    gain = summary["adapter_gain_over_base"]
-    yield dg.AssetCheckResult(
-        check_name="adapter_beats_base",
-        passed=bool(gain is not None and gain > 0),
-        metadata={"adapter_score": summary["adapter_score"]["value"], "base_score": summary["base_score"]["value"],
-                  "gain": gain if gain is not None else float("nan")},
-    )
-    ids = split_ids(dataset_dir)  # only the id column: the check needs no prompts or metadata
-    other_ids = set().union(*(v for split, v in ids.items() if split != spec.eval_split))
-    eval_ids = ids[spec.eval_split]
-    leaked = len(set(evaluated["id"]) & other_ids)
-    yield dg.AssetCheckResult(
-        check_name="evaluated_on_test_split_only",
-        passed=leaked == 0 and set(evaluated["id"]) == eval_ids and summary["eval_split"] == "test",
-        metadata={"eval_split": spec.eval_split, "eval_examples": len(evaluated), "in_train_or_validation": leaked},
-    )
-    yield _sandbox_check(frame)
-
-
-def _sandbox_check(frame: pd.DataFrame) -> dg.AssetCheckResult:
-    who = [w for w in ("adapter", "base", "claude") if f"{w}_sandbox_ran" in frame]
-    if not who:
-        return dg.AssetCheckResult(check_name="sandbox_contained", passed=True,
-                                   metadata={"sandboxed_runs": 0, "note": "this category runs no generated code"})
-    from qeforge.evaluation.sandbox import isolation_summary
-
-    isolation = isolation_summary(v for w in who if f"{w}_sandbox_isolation" in frame for v in frame[f"{w}_sandbox_isolation"])
-    rows = pd.concat([frame[[f"{w}_syntax_valid", f"{w}_sandbox_ran", f"{w}_escaped", f"{w}_sandbox_status"]]
-                      .set_axis(["syntax_valid", "ran", "escaped", "status"], axis=1) for w in who]).dropna()
-    runnable = rows[rows["syntax_valid"].astype(bool)]
-    statuses = runnable["status"].value_counts()
-    return dg.AssetCheckResult(
-        check_name="sandbox_contained",
-        passed=bool(runnable["ran"].astype(bool).all() and not runnable["escaped"].astype(bool).any()),
-        metadata={
-            "runnable_suites": len(runnable),
-            "sandboxed_runs": int(runnable["ran"].astype(bool).sum()),
-            "escapes": int(runnable["escaped"].astype(bool).sum()),
-            "timeouts": int(statuses.get("timeout", 0)),
-            "crashes": int(statuses.get("crash", 0)),
-            "isolation": isolation or "no sandboxed runs",
-        },
-    )
+    passed, metadata = checks.adapter_beats_base(summary)
+    yield dg.AssetCheckResult(check_name="adapter_beats_base", passed=passed, metadata=metadata)
+    evaluated = set(frame.loc[frame["split"] == spec.eval_split, "id"])
+    # Only the id column of each split: the check needs no prompts or metadata.
+    passed, metadata = checks.evaluated_on_test_split_only(evaluated, split_ids(dataset_dir), summary["eval_split"])
+    yield dg.AssetCheckResult(check_name="evaluated_on_test_split_only", passed=passed, metadata=metadata)
+    passed, metadata = checks.sandbox_contained(frame)
+    yield dg.AssetCheckResult(check_name="sandbox_contained", passed=passed, metadata=metadata)
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, partitions_def=category_partitions)
@@ -194,7 +152,8 @@ def routing_policy(adapter_evaluation: dict, evaluation: EvaluationSettings, mlf
 @dg.asset(group_name=GROUP, kinds={"json"}, freshness_policy=dg.FreshnessPolicy.time_window(
     fail_window=timedelta(days=8), warn_window=timedelta(days=7, hours=6)))
 def routing_policies(
-    context: dg.AssetExecutionContext, routing_policy: dict, adapter_evaluation: dict, evaluation: EvaluationSettings
+    context: dg.AssetExecutionContext, routing_policy: dict, adapter_evaluation: dict, evaluation: EvaluationSettings,
+    curation: CurationSettings,
 ) -> dg.Output[dict]:
     """The versioned routing policy for all categories: what the registry and the serving shim read."""
     from qeforge.evaluation.policy import write_policy
@@ -205,11 +164,12 @@ def routing_policies(
     if missing:
         raise dg.Failure(f"no routing policy for {missing}: materialize routing_policy for every category first")
     frames = {c: pd.read_parquet(adapter_evaluation[c]["examples_path"]) for c in CATEGORIES}
-    overall = overall_ratio(frames, {c: load_spec(c).eval_split for c in CATEGORIES}, DEFAULT_MIX, seed=evaluation.seed)
-    overall["target"] = OVERALL_TARGET
-    overall["meets_target"] = bool(overall["value"] is not None and overall["value"] >= OVERALL_TARGET)
+    overall = overall_ratio(frames, {c: load_spec(c).eval_split for c in CATEGORIES}, curation.target_mix,
+                            seed=evaluation.seed)
+    overall["target"] = evaluation.overall_target
+    overall["meets_target"] = bool(overall["value"] is not None and overall["value"] >= evaluation.overall_target)
     policy, path = write_policy(
-        {c: routing_policy[c]["policy"] for c in CATEGORIES}, overall, evaluation.evals_dir() / "routing_policies"
+        {c: routing_policy[c]["policy"] for c in CATEGORIES}, overall, evaluation.policies_path()
     )
     context.log.info(f"routing policy {policy['version']} at {path}")
     rows = [{"category": c, "signal": p["signal"], "threshold": p["threshold"],

@@ -1,6 +1,5 @@
 """Registry stage: register each evaluated adapter as a candidate; promote it only through a blocking gate."""
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ def registered_adapter(
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """A new version of qeforge-<category> with lineage, results and a model card; alias `candidate`."""
     from qeforge.model_card import build_card
-    from qeforge.registry import client_for, file_sha256, register_candidate
+    from qeforge.registry import client_for, lineage_tags, register_candidate
     from qeforge.training.tracking import git_commit
 
     category = context.partition_key
@@ -42,31 +41,9 @@ def registered_adapter(
     training = json.loads((adapter_dir / "training_summary.json").read_text())
     summary, routing, policy = adapter_evaluation["summary"], routing_policy["routing"], routing_policy["policy"]
     ratio = summary["quality_ratio"]
-    tags = {
-        "category": category,
-        "base_model": training["base_model"],
-        **{k: training[k] for k in ("base_gguf", "base_gguf_sha256") if k in training},
-        "dataset_version": curated_datasets["version"],
-        "dataset_hash": training["dataset_hash"],
-        "recipe_hash": hashlib.sha256(json.dumps(training.get("recipe", {}), sort_keys=True).encode()).hexdigest()[:16],
-        "git_commit": git_commit() or "unknown",
-        "training_run_id": lora_adapter["mlflow_run_id"],
-        "eval_spec": policy["eval_spec"],
-        "adapter_score": summary["adapter_score"]["value"],
-        "base_score": summary["base_score"]["value"],
-        "claude_score": summary["claude_score"]["value"],
-        "adapter_gain_over_base": summary["adapter_gain_over_base"],
-        "quality_ratio": ratio["value"],
-        "quality_ratio_ci_low": ratio["ci_low"],
-        "quality_ratio_ci_high": ratio["ci_high"],
-        "meets_target": summary["meets_target"],
-        "routing_signal": policy["signal"],
-        "routing_threshold": policy["threshold"],
-        "routing_policy": json.dumps(policy, sort_keys=True),
-        "adapter_size_bytes": training["adapter_size_bytes"],
-        "adapter_dir": str(adapter_dir),
-        "adapter_sha256": file_sha256(adapter_dir / "adapter_model.safetensors"),
-    }
+    tags = lineage_tags(category, training=training, summary=summary, policy=policy,
+                        dataset_version=curated_datasets["version"], training_run_id=lora_adapter["mlflow_run_id"],
+                        adapter_dir=adapter_dir, git_commit=git_commit())
     card = build_card(category, training=training, summary=summary, routing=routing, policy=policy,
                       dataset=curated_datasets, tags=tags)
     with mlflow_retries():

@@ -10,6 +10,7 @@ from assets.metadata import md_records
 from pipelines.partitions import category_partitions
 from pipelines.resources import mlflow_retries, MLflowResource, TrainingSettings
 from qeforge.categories import CATEGORIES
+from qeforge.training.adapters import adapter_dir, recorded_run_id, write_run_record
 
 GROUP = "training"
 
@@ -21,7 +22,7 @@ def _pretrained_base(context: dg.AssetExecutionContext, training: TrainingSettin
 
     source = training.base_model or PROFILE_BASES[training.profile]
     started = time.time()
-    base = resolve_base(source, training.models_dir() / "base")
+    base = resolve_base(source, training.models_path() / "base")
     context.log.info(f"base model {source} -> {base.name_or_path} ({base.kind}, {time.time() - started:.1f}s)")
     path = Path(base.name_or_path)
     config = json.loads((path / "config.json").read_text()) if base.kind != "hub" else {}
@@ -51,7 +52,7 @@ def base_model(context: dg.AssetExecutionContext, training: TrainingSettings, cu
 
     # Pretrained on every category's train split only: validation and test stay unseen.
     texts = corpus_from_datasets([Path(curated_datasets["path"]) / c for c in CATEGORIES], split="train")
-    out = Path(training.base_model) if training.base_model else training.models_dir() / "base" / "tiny-phi3"
+    out = Path(training.base_model) if training.base_model else training.models_path() / "base" / "tiny-phi3"
     started = time.time()
     context.log.info(f"building the tiny Phi-3 base on {len(texts)} conversations ({training.base_pretrain_steps} steps)")
     path = build_tiny_base(texts, out, steps=training.base_pretrain_steps,
@@ -128,14 +129,13 @@ def lora_adapter(
 
     category = context.partition_key
     dataset_dir = Path(curated_datasets["path"]) / category
-    output_dir = training.models_dir() / "adapters" / category / curated_datasets["version"]
+    output_dir = adapter_dir(training.adapters_path(), category, curated_datasets["version"])
     script_args, sft_config, model_config = _recipe(training, category, base_model, dataset_dir, output_dir)
     context.log.info(f"training {category} on {dataset_dir} -> {output_dir}")
     summary = sft_main(script_args, sft_config, model_config, callbacks=[_progress_callback(context, category)])
 
-    run_file = output_dir / "mlflow_run.json"
-    if summary.get("skipped") and run_file.exists():
-        run_id = json.loads(run_file.read_text())["run_id"]
+    run_id = recorded_run_id(output_dir) if summary.get("skipped") else None
+    if run_id:
         context.log.info(f"unchanged dataset, recipe and base: reusing run {run_id}")
     else:
         plot = plot_loss_curves(summary, output_dir / "loss_curve.png")
@@ -152,7 +152,7 @@ def lora_adapter(
                 run_name=f"{category}-{curated_datasets['version']}",
                 tags={"category": category, "dataset_version": curated_datasets["version"], "profile": training.profile},
             )
-        run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": mlflow.resolved_tracking_uri()}))
+        write_run_record(output_dir, run_id, mlflow.resolved_tracking_uri())
 
     val_curve = summary.get("history", {}).get("eval", {})
     yield dg.Output(

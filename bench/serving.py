@@ -78,10 +78,10 @@ def tiny_artefacts(root: Path) -> tuple[str, dict[str, Path]]:
 
 
 def artefacts(tmp: Path) -> tuple[str, dict[str, Path], str]:
-    from qeforge.cli import latest_adapters
     from qeforge.locations import default_locations
+    from qeforge.training.adapters import latest_adapters
 
-    found = latest_adapters(Path(default_locations().models_dir))
+    found = latest_adapters(default_locations().adapters_dir)
     bases = {a["base_model"] for a in found.values()}
     if found and len(bases) == 1 and Path(next(iter(bases))).exists():
         return bases.pop(), {c: Path(a["adapter_dir"]) for c, a in found.items()}, "embedded"

@@ -53,10 +53,10 @@ def chat_prompts(n: int) -> list[list[dict]]:
 
 
 def latest_smol_adapter() -> Path | None:
-    from qeforge.cli import latest_adapters
     from qeforge.locations import default_locations
+    from qeforge.training.adapters import latest_adapters
 
-    found = latest_adapters(Path(default_locations().models_dir)).get("test-generation")
+    found = latest_adapters(default_locations().adapters_dir).get("test-generation")
     return Path(found["adapter_dir"]) if found and "SmolLM2" in str(found["base_model"]) else None
 
 

@@ -59,7 +59,7 @@ def per_category_times() -> list[dict]:
 
     rows = []
     for category in CATEGORIES:
-        found = sorted((Path(default_locations().models_dir) / "adapters" / category).glob("*/training_summary.json"),
+        found = sorted((Path(default_locations().adapters_dir) / category).glob("*/training_summary.json"),
                        key=lambda p: p.stat().st_mtime)
         summary = json.loads(found[-1].read_text()) if found else None
         if summary and "SmolLM2" in str(summary.get("base_model")):

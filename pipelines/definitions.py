@@ -7,14 +7,7 @@ from assets.curation_checks import CURATION_CHECKS
 from pipelines.automation import SCHEDULES, SENSORS
 from pipelines.io import ParquetIOManager
 from pipelines.jobs import category_job, curation_job, routing_job
-from pipelines.resources import (
-    CurationSettings,
-    DatasetStoreResource,
-    EvaluationSettings,
-    LanceDBResource,
-    MLflowResource,
-    TrainingSettings,
-)
+from pipelines.resources import RESOURCES
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([curation, training, evaluation, registry]),
@@ -22,13 +15,5 @@ defs = dg.Definitions(
     jobs=[curation_job, category_job, routing_job],
     schedules=SCHEDULES,
     sensors=SENSORS,
-    resources={
-        "io_manager": ParquetIOManager(),
-        "lancedb": LanceDBResource(),
-        "mlflow": MLflowResource(),
-        "dataset_store": DatasetStoreResource(),
-        "curation": CurationSettings(),
-        "training": TrainingSettings(),
-        "evaluation": EvaluationSettings(),
-    },
+    resources={"io_manager": ParquetIOManager(), **RESOURCES},
 )

@@ -9,11 +9,16 @@ import dagster as dg
 from pydantic import Field
 
 from qeforge import store
-from qeforge.categories import DEFAULT_MIX
-from qeforge.curation.domains import AQE_DOMAIN_CATEGORIES, TASK_PATTERNS
+from qeforge.categories import DEFAULT_MIX, OVERALL_TARGET
 from qeforge.curation.gate import GateRules
 from qeforge.embedding import EMBEDDING_MODEL
-from qeforge.locations import default_locations, is_uri, project_path, qeforge_home
+from qeforge.evaluation.routing import Prices
+from qeforge.locations import default_locations, is_uri, project_path
+from qeforge.training.adapters import latest_adapters
+
+# Defaults come from the library's dataclasses, so a default changes in one place.
+_GATE = GateRules()
+_PRICES = Prices()
 
 
 def transient_mlflow_error(error: BaseException) -> bool:
@@ -96,23 +101,24 @@ class DatasetStoreResource(dg.ConfigurableResource):
 class CurationSettings(dg.ConfigurableResource):
     """Curation gates and targets; defaults follow the fleet's own promotion rules and the plan."""
 
-    min_quality: float = 0.8
-    min_confidence: float = 0.8
-    min_usage_count: int = 3
+    min_quality: float = _GATE.min_quality
+    min_confidence: float = _GATE.min_confidence
+    min_usage_count: int = _GATE.min_usage_count
     domain_categories: dict[str, str | None] = Field(
-        default_factory=lambda: dict(AQE_DOMAIN_CATEGORIES),
+        default_factory=lambda: dict(_GATE.domain_categories),
         description='producer domain -> category, "by-task" (task text decides), or null (out of scope); '
         "domains not named go to the classifier",
     )
     category_task_patterns: dict[str, str] = Field(
-        default_factory=lambda: dict(TASK_PATTERNS), description='category -> regex on the task, for "by-task" domains'
+        default_factory=lambda: dict(_GATE.task_patterns), description='category -> regex on the task, for "by-task" domains'
     )
     dedup_threshold: float = Field(default=0.95, description="cosine at or above which two tasks are duplicates")
     leakage_threshold: float = Field(
         default=0.90, description="cosine at or above which rows must share a split (below dedup, for margin)"
     )
     target_mix: dict[str, float] = Field(
-        default_factory=lambda: dict(DEFAULT_MIX), description="traffic mix: shapes the optional multi-task dataset"
+        default_factory=lambda: dict(DEFAULT_MIX),
+        description="traffic mix: weights the overall quality ratio and shapes the optional multi-task dataset",
     )
     per_category_cap: int | None = Field(
         default=None, description="most rows (the best) a category's dataset keeps; None: every row it has"
@@ -142,26 +148,52 @@ class TrainingSettings(dg.ConfigurableResource):
     recipe_overrides: dict[str, Any] = Field(default_factory=dict, description="SFTConfig/ModelConfig fields to override")
     base_pretrain_steps: int = Field(default=300, description="tiny profile: pretraining steps of the base model")
     force: bool = Field(default=False, description="retrain even when dataset, recipe and base are unchanged")
+    models_dir: str = Field(default="", description="base models and adapters; empty: <QEFORGE_HOME>/models")
 
-    def models_dir(self) -> Path:
-        return project_path(default_locations().models_dir)
+    def models_path(self) -> Path:
+        return project_path(self.models_dir or default_locations().models_dir)
+
+    def adapters_path(self) -> Path:
+        """<adapters>/<category>/<dataset version>/ (qeforge.training.adapters)."""
+        if self.models_dir:
+            return self.models_path() / "adapters"
+        return project_path(default_locations().adapters_dir)
+
+    def latest_adapters(self) -> dict[str, dict]:
+        return latest_adapters(self.adapters_path())
 
 
 class EvaluationSettings(dg.ConfigurableResource):
     """Evaluation and routing: prices for the cost model, batch sizes, the bootstrap seed."""
 
-    claude_input_per_mtok: float = Field(default=3.0, description="USD per million input tokens (Claude Sonnet list price)")
-    claude_output_per_mtok: float = Field(default=15.0, description="USD per million output tokens (Claude Sonnet list price)")
-    local_per_hour: float = Field(default=0.0, description="USD per hour for the local serving machine")
-    local_requests_per_hour: float = Field(default=3600.0, description="local throughput, to spread the hourly cost")
+    claude_input_per_mtok: float = Field(default=_PRICES.claude_input_per_mtok, description="USD per million input tokens")
+    claude_output_per_mtok: float = Field(default=_PRICES.claude_output_per_mtok, description="USD per million output tokens")
+    local_per_hour: float = Field(default=_PRICES.local_per_hour, description="USD per hour for the local serving machine")
+    local_requests_per_hour: float = Field(default=_PRICES.local_requests_per_hour,
+                                           description="local throughput, to spread the hourly cost")
+    overall_target: float = Field(default=OVERALL_TARGET, description="the fleet's quality ratio bar, traffic-weighted")
     generation_batch_size: int = 8
     sandbox_workers: int = Field(default=0, description="parallel sandboxed test runs; 0: one per CPU core")
     seed: int = 0
+    evals_dir: str = Field(default="", description="evaluations and routing_policies/; empty: <QEFORGE_HOME>/evals")
 
-    def prices(self):
-        from qeforge.evaluation.routing import Prices
-
+    def prices(self) -> Prices:
         return Prices(self.claude_input_per_mtok, self.claude_output_per_mtok, self.local_per_hour, self.local_requests_per_hour)
 
-    def evals_dir(self) -> Path:
-        return qeforge_home() / "evals"
+    def evals_path(self) -> Path:
+        return project_path(self.evals_dir or default_locations().evals_dir)
+
+    def policies_path(self) -> Path:
+        return self.evals_path() / "routing_policies"
+
+
+# The configured resources: Definitions, the CLI and the main job all read these, so a path or
+# option set here holds for `dagster dev`, `qeforge datasets show` and `qeforge serve` alike.
+RESOURCES = {
+    "lancedb": LanceDBResource(),
+    "mlflow": MLflowResource(),
+    "dataset_store": DatasetStoreResource(),
+    "curation": CurationSettings(),
+    "training": TrainingSettings(),
+    "evaluation": EvaluationSettings(),
+}

@@ -20,6 +20,10 @@ DEFAULT_MIX: dict[str, float] = {
     "code-review": 0.10,
 }
 
+# The plan's bar for the whole fleet: the traffic-weighted quality ratio vs Claude at >= 95%. Each
+# category's own bar is its eval spec's `targets.quality_ratio` (evals/tasks/<category>.yaml).
+OVERALL_TARGET = 0.95
+
 # The system turn of every chat example, so the model knows which job it is doing.
 SYSTEM_PROMPTS: dict[str, str] = {
     "test-generation": "You are a QE agent. Write pytest tests for the given Python code.",

@@ -1,4 +1,8 @@
-"""`qeforge` command line: import, demo data, info, datasets, the main job, and the serving shim."""
+"""`qeforge` command line: import, demo data, info, datasets, the main job, and the serving shim.
+
+An entry point above the Dagster wiring: every location and setting comes from the configured
+resources (pipelines.resources.RESOURCES), the same objects the Dagster runs use.
+"""
 
 from __future__ import annotations
 
@@ -13,41 +17,45 @@ from qeforge.locations import default_locations, qeforge_home
 from qeforge.training.base_sources import SMOL_INSTALL
 
 
+def resource(name: str):
+    """A configured resource; imported on use, so `qeforge --help` does not load Dagster."""
+    from pipelines.resources import RESOURCES
+
+    return RESOURCES[name]
+
+
 def _db():
-    from pipelines.resources import LanceDBResource
-
-    return LanceDBResource().connect()
-
-
-def _print_summary(summary: dict) -> None:
-    print(
-        f"{summary['source']}: read {summary['read']}, imported {summary['imported']}, updated {summary['updated']}, "
-        f"already present {summary['already_present']}, quarantined {summary['quarantined']}"
-    )
-    for reason, n in summary["quarantined_by_reason"].items():
-        print(f"  quarantined {reason}: {n}")
-    for table, t in summary.get("by_table", {}).items():
-        if "joined" in t:
-            print(f"  {table:24} read {t['read']:>5}, joined into trajectories {t['joined']:>5}")
-        else:
-            reasons = ", ".join(f"{r} {n}" for r, n in t["quarantined_by_reason"].items())
-            print(f"  {table:24} read {t['read']:>5}, imported {t['imported']:>5}, updated {t['updated']:>3}, "
-                  f"quarantined {t['quarantined']:>4}" + (f" ({reasons})" if reasons else ""))
+    return resource("lancedb").connect()
 
 
 def gate_report(db):
-    """The curation gate (default CurationSettings) over everything stored: what would pass, and why not."""
-    from pipelines.resources import CurationSettings
+    """The curation gate (the configured CurationSettings) over everything stored: what would pass, and why not."""
     from qeforge import store
     from qeforge.curation.gate import apply_gate
 
     columns = ["id", "task", "category", "domain", "outcome", "quality", "confidence", "usage_count"]
     frame = store.trajectories(db).to_arrow().select(columns).to_pandas()
-    return apply_gate(frame, CurationSettings().gate())[1]
+    return apply_gate(frame, resource("curation").gate())[1]
+
+
+def resolved_locations() -> dict[str, str]:
+    """Every location as the resources resolve it (configured, else $QEFORGE_HOME's defaults)."""
+    mlflow, training, evaluation = resource("mlflow"), resource("training"), resource("evaluation")
+    return {
+        "home": str(qeforge_home()),
+        "lancedb_uri": resource("lancedb").resolved_uri(),
+        "mlflow_tracking_uri": mlflow.resolved_tracking_uri(),
+        "mlflow_artifact_root": mlflow.resolved_artifact_root() or "(the tracking server's)",
+        "datasets_dir": str(resource("dataset_store").path()),
+        "models_dir": str(training.models_path()),
+        "adapters_dir": str(training.adapters_path()),
+        "evals_dir": str(evaluation.evals_path()),
+        "dagster_home": default_locations().dagster_home,
+    }
 
 
 def cmd_info(args) -> int:
-    loc = default_locations().as_dict()
+    loc = resolved_locations()
     if args.json:
         print(json.dumps(loc, indent=2))
     else:
@@ -57,7 +65,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from qeforge.ingest import import_agentic_qe, import_jsonl
+    from qeforge.ingest import format_summary, import_agentic_qe, import_jsonl
 
     path = Path(args.path)
     if not path.exists():
@@ -68,28 +76,28 @@ def cmd_import(args) -> int:
     except (ValueError, FileNotFoundError) as err:  # not an agentic-qe database, unreadable file
         print(f"error: {err}", file=sys.stderr)
         return 2
-    _print_summary(summary.as_dict())
+    print(format_summary(summary.as_dict()))
     print(f"curation gate: {gate_report(_db()).explain()}")
     return 0
 
 
 def cmd_demo_data(args) -> int:
     from qeforge.demo import write_demo_jsonl
-    from qeforge.ingest import import_jsonl
+    from qeforge.ingest import format_summary, import_jsonl
 
     out = Path(args.out) if args.out else qeforge_home() / "demo" / "trajectories.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"writing {args.n} demo trajectories (seed {args.seed}) to {out}")
     write_demo_jsonl(out, n=args.n, seed=args.seed)
     if not args.no_import:
-        _print_summary(import_jsonl(_db(), out).as_dict())
+        print(format_summary(import_jsonl(_db(), out).as_dict()))
     return 0
 
 
 def cmd_datasets_show(args) -> int:
     from qeforge.curation.export import load_manifest
 
-    root = Path(default_locations().datasets_dir)
+    root = resource("dataset_store").path()
     manifest = load_manifest(root)
     if manifest is None:
         report = gate_report(_db())
@@ -107,35 +115,8 @@ def cmd_datasets_show(args) -> int:
     return 0
 
 
-def latest_adapters(models_dir: Path) -> dict[str, dict]:
-    """Per category, the most recently finished adapter under <models>/adapters/<category>/<dataset version>/."""
-    from qeforge.categories import CATEGORIES
-
-    found = {}
-    for category in CATEGORIES:
-        summaries = sorted(
-            (models_dir / "adapters" / category).glob("*/training_summary.json"), key=lambda p: p.stat().st_mtime
-        )
-        if not summaries:
-            continue
-        directory = summaries[-1].parent
-        summary = json.loads(summaries[-1].read_text())
-        run_file = directory / "mlflow_run.json"
-        found[category] = {
-            "adapter_dir": str(directory),
-            "base_model": summary.get("base_model"),
-            "dataset_version": directory.name,
-            "dataset_hash": summary.get("dataset_hash"),
-            "mlflow_run_id": json.loads(run_file.read_text())["run_id"] if run_file.exists() else None,
-            "train_loss": summary.get("train_loss"),
-            "val_loss": summary.get("val_loss"),
-            "base_val_loss": summary.get("base_val_loss"),
-        }
-    return found
-
-
 def cmd_adapters_list(args) -> int:
-    adapters = latest_adapters(Path(default_locations().models_dir))
+    adapters = resource("training").latest_adapters()
     if args.json:
         print(json.dumps(adapters, indent=2, sort_keys=True))
         return 0
@@ -155,7 +136,7 @@ def cmd_report(args) -> int:
     from qeforge.evaluation.report import build_report, format_report
 
     try:
-        report = build_report(qeforge_home() / "evals")
+        report = build_report(resource("evaluation").evals_path())
     except FileNotFoundError as e:
         print(f"no evaluation yet: {e}", file=sys.stderr)
         return 1
@@ -166,7 +147,7 @@ def cmd_report(args) -> int:
 def _registry_client():
     from qeforge.registry import client_for
 
-    return client_for(default_locations().mlflow_tracking_uri)
+    return client_for(resource("mlflow").resolved_tracking_uri())
 
 
 def cmd_promote(args) -> int:
@@ -199,7 +180,8 @@ def cmd_rollback(args) -> int:
 def cmd_export_vllm(args) -> int:
     from qeforge.serving.vllm import vllm_lora_modules
 
-    spec = vllm_lora_modules(cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    spec = vllm_lora_modules(resource("mlflow").resolved_tracking_uri(),
+                             cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     if args.json:
         print(json.dumps(spec, indent=2))
     else:
@@ -215,10 +197,12 @@ def cmd_run(args) -> int:
 
 
 def _serve_source(args):
-    """--adapter dirs, else the latest local adapters (with --base/--policy overrides), else default_source()."""
+    """--adapter dirs, else the latest local adapters (with --base/--policy overrides), else default_source(),
+    each at the locations the resources resolve."""
     from qeforge.serving.source import (DirectorySource, LatestLocalSource, current_policy, default_source,
                                         read_policy, recorded_base_model)
 
+    adapters_dir, policies_dir = resource("training").adapters_path(), resource("evaluation").policies_path()
     policy = read_policy(args.policy) if args.policy else None
     if args.adapter:
         adapters = {}
@@ -230,18 +214,22 @@ def _serve_source(args):
         base = args.base or recorded_base_model(next(iter(adapters.values())))
         if base is None:
             raise ValueError("no base model recorded with the adapters: pass --base")
-        return DirectorySource(base, adapters, policy or current_policy())
+        return DirectorySource(base, adapters, policy or current_policy(policies_dir))
     if args.base or policy:
-        return LatestLocalSource(base_model=args.base, policy=policy)
-    return default_source()
+        return LatestLocalSource(adapters_dir, base_model=args.base, policy=policy, policies_dir=policies_dir)
+    return default_source(resource("mlflow").resolved_tracking_uri(), adapters_dir, policies_dir)
 
 
 def cmd_serve(args) -> int:
+    from qeforge.curation.export import current_classifier_path
     from qeforge.serving.app import Settings, serve
 
+    # The `qeforge` model routes by the classifier the current dataset version was curated with.
+    classifier = current_classifier_path(resource("dataset_store").path())
     try:
         settings = Settings(host=args.host, port=args.port, api_key=args.api_key or None, backend=args.backend,
-                            source=_serve_source(args))
+                            source=_serve_source(args), classifier_path=str(classifier) if classifier else None,
+                            db=resource("lancedb").connect())
         if args.max_body_bytes is not None:
             settings.max_body_bytes = args.max_body_bytes
         serve(settings)

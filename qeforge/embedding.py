@@ -47,3 +47,15 @@ def embed_texts(
         if progress:
             progress(min(start + batch_size, len(texts)), len(texts))
     return out
+
+
+def reusable_vectors(stored: Sequence, models: Sequence, texts: Sequence, model_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors from stored embeddings where they embed the task text (`embedding_text` None or
+    "task") with `model_name` at EMBEDDING_DIM; zeros elsewhere. Returns (vectors, reusable mask)."""
+    reusable = np.array([v is not None and same_model(m, model_name) and len(v) == EMBEDDING_DIM and t in (None, "task")
+                         for v, m, t in zip(stored, models, texts)], dtype=bool)
+    vectors = np.zeros((len(reusable), EMBEDDING_DIM), dtype=np.float32)
+    for i in np.flatnonzero(reusable):
+        v = np.asarray(stored[i], dtype=np.float32)
+        vectors[i] = v / max(float(np.linalg.norm(v)), 1e-12)
+    return vectors, reusable

@@ -59,6 +59,23 @@ class ImportSummary:
         self.quarantined.update(other.quarantined)
 
 
+def format_summary(summary: dict) -> str:
+    """An import summary (ImportSummary.as_dict()) as the lines the CLI and the main job print."""
+    lines = [
+        f"{summary['source']}: read {summary['read']}, imported {summary['imported']}, updated {summary['updated']}, "
+        f"already present {summary['already_present']}, quarantined {summary['quarantined']}"
+    ]
+    lines += [f"  quarantined {reason}: {n}" for reason, n in summary["quarantined_by_reason"].items()]
+    for table, t in summary.get("by_table", {}).items():
+        if "joined" in t:
+            lines.append(f"  {table:24} read {t['read']:>5}, joined into trajectories {t['joined']:>5}")
+        else:
+            reasons = ", ".join(f"{r} {n}" for r, n in t["quarantined_by_reason"].items())
+            lines.append(f"  {table:24} read {t['read']:>5}, imported {t['imported']:>5}, updated {t['updated']:>3}, "
+                         f"quarantined {t['quarantined']:>4}" + (f" ({reasons})" if reasons else ""))
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class StoredVersion:
     content_hash: str

@@ -34,6 +34,8 @@ class Locations:
     mlflow_artifact_root: str
     datasets_dir: str
     models_dir: str
+    adapters_dir: str  # <adapters_dir>/<category>/<dataset version>/, see qeforge.training.adapters
+    evals_dir: str  # per-category evaluations and routing_policies/
     dagster_home: str
 
     def as_dict(self) -> dict[str, str]:
@@ -52,5 +54,7 @@ def default_locations() -> Locations:
         mlflow_artifact_root=os.environ.get("QEFORGE_MLFLOW_ARTIFACT_ROOT") or str(mlflow_dir / "artifacts"),
         datasets_dir=str(home / "datasets"),
         models_dir=str(home / "models"),
+        adapters_dir=str(home / "models" / "adapters"),
+        evals_dir=str(home / "evals"),
         dagster_home=str(project_path(os.environ.get("DAGSTER_HOME", "dagster_home"))),
     )

@@ -1,6 +1,6 @@
 """The main job: demo data -> the whole asset graph -> one served answer per category.
 
-Runs land in DAGSTER_HOME (default <repo>/dagster_home), so `dagster dev` shows them afterwards
+An entry point above the Dagster wiring, like the CLI. Runs land in DAGSTER_HOME (default <repo>/dagster_home), so `dagster dev` shows them afterwards
 exactly as if they had been launched from the UI: the `curation` job, one `category` run per
 partition (train, evaluate, tune routing, register, gate), then the `routing` policy job.
 """
@@ -55,19 +55,20 @@ def run_main_job(
     import dagster as dg
 
     from pipelines.definitions import defs
+    from pipelines.resources import RESOURCES
     from qeforge import store
     from qeforge.categories import CATEGORIES
-    from qeforge.cli import _db, _print_summary
     from qeforge.demo import write_demo_jsonl
-    from qeforge.ingest import import_jsonl
+    from qeforge.ingest import format_summary, import_jsonl
     from qeforge.locations import qeforge_home
 
+    db = RESOURCES["lancedb"].connect()
     if not skip_demo:
         path = qeforge_home() / "demo" / "trajectories.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_demo_jsonl(path, n=demo_rows, seed=seed)
-        _print_summary(import_jsonl(_db(), path).as_dict())
-    elif store.trajectories(_db()).count_rows() == 0:
+        print(format_summary(import_jsonl(db, path).as_dict()))
+    elif store.trajectories(db).count_rows() == 0:
         print("no trajectories in LanceDB: run without --skip-demo or `qeforge import` first")
         return 1
 
@@ -112,10 +113,12 @@ def run_main_job(
     for check in checks:
         print(f"  check {check.asset_key.to_user_string()}:{check.check_name} {'passed' if check.passed else 'FAILED'}")
     if serve_check:
+        from qeforge.serving.registry_source import RegistrySource
         from qeforge.serving.smoke import serve_one_request_per_category
 
         started = time.time()
-        served = serve_one_request_per_category(categories=categories)
+        served = serve_one_request_per_category(RegistrySource(RESOURCES["mlflow"].resolved_tracking_uri()),
+                                                categories=categories, db=db)
         print(f"[{time.time() - started:.0f}s] serving smoke check: {'ok' if served else 'FAILED'}", flush=True)
         if not served:
             return 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qeforge.categories import registered_model_name
+from qeforge.evaluation.report import headline_scores
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 
@@ -38,6 +39,33 @@ def version_by_alias(client, category: str, alias: str):
         return client.get_model_version_by_alias(registered_model_name(category), alias)
     except MlflowException:
         return None
+
+
+def lineage_tags(category: str, *, training: dict, summary: dict, policy: dict, dataset_version: str,
+                 training_run_id: str, adapter_dir: Path, git_commit: str | None) -> dict:
+    """The tags a registered version carries: where it came from (base, data, recipe, code, run) and how
+    it did (scores vs base and Claude, routing). `training`: the adapter's training_summary.json;
+    `summary`: its evaluation summary; `policy`: its routing policy entry."""
+    return {
+        "category": category,
+        "base_model": training["base_model"],
+        **{k: training[k] for k in ("base_gguf", "base_gguf_sha256") if k in training},  # a GGUF base
+        "dataset_version": dataset_version,
+        "dataset_hash": training["dataset_hash"],
+        "recipe_hash": hashlib.sha256(json.dumps(training.get("recipe", {}), sort_keys=True).encode()).hexdigest()[:16],
+        "git_commit": git_commit or "unknown",
+        "training_run_id": training_run_id,
+        "eval_spec": policy["eval_spec"],
+        **headline_scores(summary),
+        "adapter_gain_over_base": summary["adapter_gain_over_base"],
+        "meets_target": summary["meets_target"],
+        "routing_signal": policy["signal"],
+        "routing_threshold": policy["threshold"],
+        "routing_policy": json.dumps(policy, sort_keys=True),
+        "adapter_size_bytes": training["adapter_size_bytes"],
+        "adapter_dir": str(adapter_dir),
+        "adapter_sha256": file_sha256(Path(adapter_dir) / "adapter_model.safetensors"),
+    }
 
 
 def register_candidate(client, category: str, *, run_id: str, tags: dict[str, str], card: str) -> str:

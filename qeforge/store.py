@@ -110,6 +110,21 @@ def add_trajectories(db, new: list[dict], updated: list[dict], superseded: list[
         table.add(pa.Table.from_pylist(new, schema=TRAJECTORY_SCHEMA))
 
 
+def write_embeddings(db, ids, categories, qualities, vectors):
+    """Replace `embeddings` with one task vector per kept trajectory (nearest-neighbour lookups, sensors)."""
+    vectors = np.asarray(vectors, dtype=np.float32)  # (rows, dim), also when there are no rows
+    table = pa.table(
+        {
+            "id": pa.array(list(ids), pa.string()),
+            # A row the classifier has not categorized yet has no category: NaN from pandas, stored as null.
+            "category": pa.array(list(categories), pa.string(), from_pandas=True),
+            "quality": pa.array(list(qualities), pa.float64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+        }
+    )
+    return db.create_table(EMBEDDINGS, data=table, mode="overwrite")
+
+
 def write_known_good(db, ids, categories, qualities, vectors, dataset_version: str):
     """Replace `known_good` with one dataset version's training rows (what the adapters learned from)."""
     vectors = np.asarray(vectors, dtype=np.float32)

@@ -36,6 +36,7 @@ def rows(db) -> pd.DataFrame:
     return store.trajectories(db).to_pandas().set_index("id")
 
 
+@pytest.mark.slow
 def test_counts_per_table(db):
     summary = import_agentic_qe(db, FIXTURE).as_dict()
     tables = summary["by_table"]
@@ -108,6 +109,7 @@ def test_routing_outcomes_supply_the_full_task(db, store_copy):
     assert json.loads(r["metadata"])["aqe_task"] == "qe-test-architect:t-001"
 
 
+@pytest.mark.slow
 def test_reimport_is_idempotent(db):
     first = import_agentic_qe(db, FIXTURE)
     second = import_agentic_qe(db, FIXTURE)
@@ -116,6 +118,7 @@ def test_reimport_is_idempotent(db):
     assert store.quarantine(db).count_rows() == first.quarantined_total
 
 
+@pytest.mark.slow
 def test_in_place_update_is_an_update_not_a_conflict(db, store_copy):
     import_agentic_qe(db, store_copy)
     with sqlite3.connect(store_copy) as conn:  # what agentic-qe does on one more successful reuse
@@ -184,6 +187,7 @@ def test_domain_map_resolves_categories():
         resolve_categories(frame, {"test-execution": "perf-testing"}, TASK_PATTERNS)
 
 
+@pytest.mark.slow
 def test_curation_on_the_real_store_ends_with_a_check_that_says_why(qe_home):
     """Nothing in the fixture passes the default gate (no pattern reaches quality 0.8 at 3 uses, no
     experience was reused 3 times): every step runs on zero rows and the gate check names the reasons."""

@@ -224,6 +224,7 @@ def test_directory_hub_id_and_missing_sources(tmp_path, monkeypatch):
         resolve_base(SMOL_SOURCE, tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_lora_on_the_gguf_base_targets_all_seven_llama_modules(llama_gguf, tmp_path):
     """The GGUF-derived llama trains through the same sft.main as the tiny Phi-3: targets chosen for
     the architecture, recorded in the recipe; loss on the assistant turn of its own ChatML template."""

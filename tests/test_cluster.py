@@ -7,7 +7,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # dagster, dagster-daemon and qeforge of this environment
@@ -22,13 +22,7 @@ PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 BUCKET = "qeforge"
 CATEGORY = "coverage-analysis"
 
-pytestmark = pytest.mark.skipif(not PG_BIN, reason="PostgreSQL binaries absent (apt-get install postgresql)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not PG_BIN, reason="PostgreSQL binaries absent (apt-get install postgresql)")]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def postgres():
     the server refuses to run as root; pytest's own temp dirs are closed to other users). Yields the
     server's base URL."""
     root = Path(tempfile.mkdtemp(prefix="qeforge-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(root, "postgres")
@@ -64,7 +58,7 @@ def s3():
     """moto in server mode on loopback: a real HTTP S3 API. Yields the endpoint."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
@@ -132,11 +126,12 @@ def test_one_category_end_to_end_on_postgres_and_s3(postgres, s3, tmp_path, monk
     assert not (home / "lancedb").exists() and not (home / "mlflow").exists()
 
     # The shim serves the champion from the artifact store alone: the trained adapter directory is gone.
+    from qeforge.serving.registry_source import RegistrySource
     from qeforge.serving.smoke import serve_one_request_per_category
 
     shutil.rmtree(home / "models" / "adapters")
     shutil.rmtree(home / "serving", ignore_errors=True)
-    assert serve_one_request_per_category(categories=(CATEGORY,))
+    assert serve_one_request_per_category(RegistrySource(), categories=(CATEGORY,))
     assert f"serve {CATEGORY}: " in capsys.readouterr().out
     assert list((home / "serving" / "registry_cache").rglob("adapter_model.safetensors"))
 

@@ -79,6 +79,7 @@ def _dedup(f):
     return deduplicate(f, embed_texts(f["task"].tolist()), 0.95)
 
 
+@pytest.mark.slow
 def test_dedup_keeps_best_member_and_reports_kinds():
     answer = "def test_parse():\n    assert parse_date('2026-01-02') == date(2026, 1, 2)"
     f = frame(5, task=["Write pytest tests for parse_date(text), which reads ISO dates.",
@@ -123,6 +124,7 @@ def test_one_function_with_different_tests_and_different_uncovered_lines_is_kept
     assert len(result.kept) == 2 and result.task_only_matches == 1
 
 
+@pytest.mark.slow
 def test_a_paraphrased_task_with_the_same_answer_is_removed():
     suite = (FIXTURES / "classeval_bank_account_suite.py").read_text()
     f = frame(2, task=[_class_task("Write a unittest suite for the `deposit` method of `BankAccount`; cover invalid amounts."),
@@ -220,6 +222,7 @@ def test_dataset_version_is_a_content_hash():
     assert content_version(dataset_records(changed)) != a
 
 
+@pytest.mark.slow
 def test_a_crash_while_writing_a_version_leaves_the_previous_one_in_use(tmp_path, monkeypatch):
     from datasets import DatasetDict
 
@@ -251,6 +254,7 @@ def test_a_crash_while_writing_a_version_leaves_the_previous_one_in_use(tmp_path
     assert (first_path / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_the_optional_multitask_dataset_is_written_beside_the_categories_and_versioned(tmp_path):
     from datasets import load_from_disk
 
@@ -288,3 +292,45 @@ def test_a_category_without_rows_is_written_and_loads_back_empty(tmp_path):
     assert {s: empty[s].num_rows for s in empty} == {"train": 0, "validation": 0, "test": 0}
     assert "messages" in empty["train"].column_names
     assert load_from_disk(str(path / "code-review"))["train"].num_rows == 4
+
+
+def test_curation_report_follows_each_category_through_the_steps():
+    from qeforge.curation.report import curation_report
+
+    raw = pd.DataFrame({"category": ["code-review"] * 4 + [None]})
+    gated = pd.DataFrame({"category": ["code-review"] * 3 + [None]})
+    categorized = pd.DataFrame({"category": ["code-review"] * 3, "category_source": ["recorded", "recorded", "classifier"]})
+    used = pd.DataFrame({"category": ["code-review"] * 2})
+    report = curation_report(raw, gated, categorized, used, np.array([0, 0]), pd.Series(["malformed_json"]))
+    assert report["code-review"] == {"raw_recorded": 4, "gated_recorded": 3, "dedup_removed_recorded": 1,
+                                     "after_dedup_and_categorization": 3, "used": 2, "dropped_by_cap": 1,
+                                     "leakage_groups_multi": 1}
+
+
+def test_curation_report_counts_the_corpus():
+    from qeforge.curation.report import curation_report
+
+    frame = pd.DataFrame({"category": ["code-review"] * 2, "category_source": ["recorded", "classifier"]})
+    report = curation_report(frame, frame.head(2), frame.head(1), frame.head(1), np.array([0]), pd.Series(["x", "x"]))
+    assert report["corpus"] == {"stored": 2, "quarantined": 2, "quarantined_by_reason": {"x": 2}, "gated": 2,
+                                "dedup_removed": 1, "unlabeled_assigned_by_classifier": 0}
+
+
+def test_stored_vectors_are_reused_only_for_the_task_text_and_model():
+    from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, reusable_vectors
+
+    v = [3.0] + [0.0] * (EMBEDDING_DIM - 1)
+    vectors, reusable = reusable_vectors([v, v, v, None, v[:10]], [EMBEDDING_MODEL, EMBEDDING_MODEL, "other", None,
+                                                                   EMBEDDING_MODEL],
+                                         [None, "domain: task", "task", None, "task"], EMBEDDING_MODEL)
+    assert reusable.tolist() == [True, False, False, False, False] and vectors[0, 0] == 1.0  # unit length
+
+
+def test_embeddings_are_written_through_the_store(tmp_path):
+    from qeforge import store
+
+    db = store.connect(str(tmp_path / "lancedb"))
+    categories = pd.Series(["code-review", np.nan])  # not categorized yet: NaN in the frame
+    store.write_embeddings(db, ["a", "b"], categories, [0.9, 0.8], np.eye(2, 4, dtype=np.float32))
+    table = db.open_table(store.EMBEDDINGS).to_arrow()
+    assert (table["category"].to_pylist(), len(table["vector"][0])) == (["code-review", None], 4)

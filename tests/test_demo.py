@@ -154,6 +154,7 @@ def test_duplicates_point_at_earlier_rows_and_differ_in_score(parsed):
     assert near
 
 
+@pytest.mark.slow
 def test_generated_tests_really_pass_and_bad_ones_fail(parsed, tmp_path):
     valid, _ = parsed
     tg = [r for r in valid if _category(r) == "test-generation"]
@@ -179,6 +180,7 @@ def test_generated_tests_really_pass_and_bad_ones_fail(parsed, tmp_path):
             assert result.returncode != 0, result.stdout
 
 
+@pytest.mark.slow
 def test_many_distinct_focal_functions():
     focal = set()
     for line in generate_demo_lines(1500, seed=0, with_embeddings=False):
@@ -228,6 +230,7 @@ def test_coverage_listings_are_consistent_and_real(parsed):
     assert sorted(traced_lines(source, tests) & executable) == row["metadata"]["covered_lines"]
 
 
+@pytest.mark.slow
 def test_coverage_agrees_with_coverage_py(parsed, tmp_path):
     valid, _ = parsed
     row = next(r for r in valid if _category(r) == "coverage-analysis" and len(r["metadata"]["uncovered_lines"]) >= 2)
@@ -256,6 +259,7 @@ def test_code_review_issues_are_named_by_line(parsed):
             assert row["output"].startswith(f"Line {lines[0]}")
 
 
+@pytest.mark.slow
 def test_small_demo_with_real_embeddings():
     from qeforge.embedding import embed_texts
 

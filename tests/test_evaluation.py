@@ -9,7 +9,7 @@ import pytest
 
 from qeforge.categories import CATEGORIES
 from qeforge.evaluation.parsers import parse_flaky_verdict, parse_review_lines, parse_uncovered_lines
-from qeforge.evaluation.policy import load_policy, threshold_of, write_policy
+from qeforge.evaluation.policy import load_policy, write_policy
 from qeforge.evaluation.run import jsonable, overall_ratio, summarize
 from qeforge.evaluation.scoring import score_outputs
 from qeforge.evaluation.spec import EvalSpecError, load_spec
@@ -82,6 +82,7 @@ def test_flaky_scorer_weighs_verdict_and_cause():
     assert aggregates["verdict_macro_f1"] == pytest.approx(7 / 12)
 
 
+@pytest.mark.slow
 def test_code_review_scorer_wants_the_same_lines_and_words_as_the_accepted_comment():
     spec = load_spec("code-review")
     meta = {"issue_lines": [16], "reference_comment": "Line 16: local variable `sum` shadows the builtin; rename it."}
@@ -142,7 +143,7 @@ def test_policy_is_content_versioned_and_current_moves(tmp_path):
     assert second["version"] != first["version"]
     assert load_policy(tmp_path)["version"] == second["version"]
     assert load_policy(tmp_path, first["version"])["categories"]["code-review"]["threshold"] == "inf"
-    assert threshold_of(first["categories"]["code-review"]) == math.inf
+    assert float(first["categories"]["code-review"]["threshold"]) == math.inf  # "inf" reads back as float inf
     with pytest.raises(FileNotFoundError, match="routing_policies"):
         load_policy(tmp_path / "nowhere")
 
@@ -185,6 +186,7 @@ def test_a_spec_with_an_unknown_key_or_source_is_an_error(tmp_path, patch, messa
         load_spec("coverage-analysis", tmp_path)
 
 
+@pytest.mark.slow
 def test_test_generation_scores_a_classeval_class_from_the_task_and_counts_what_it_cannot_run():
     spec = load_spec("test-generation")
     rows = _benchmark("test-generation")
@@ -204,6 +206,7 @@ def test_test_generation_scores_a_classeval_class_from_the_task_and_counts_what_
     assert 0 < broken["pass_rate"][0] < 1 and broken["score"][0] < withdraw["score"]
 
 
+@pytest.mark.slow
 def test_coverage_truth_comes_from_the_annotated_listing_or_a_traced_run_and_lines_may_be_named_by_code():
     spec = load_spec("coverage-analysis")
     rows = _benchmark("coverage-analysis")
@@ -261,6 +264,7 @@ def test_unscorable_examples_are_counted_with_reasons_and_left_out_of_every_scor
     assert s["quality_ratio"]["value"] == pytest.approx(0.75)
 
 
+@pytest.mark.slow
 def test_a_split_with_nothing_scorable_escalates_everything_instead_of_raising(tmp_path):
     from qeforge.evaluation.routing import Prices
     from qeforge.evaluation.run import tune_routing
@@ -278,3 +282,42 @@ def test_a_split_with_nothing_scorable_escalates_everything_instead_of_raising(t
     routing = tune_routing(spec, frame, Prices(), tmp_path)
     assert routing["threshold"] == "inf" and routing["confirmed"]["local_share"] == 0.0
     assert "every request escalates" in routing["note"]
+
+
+# --- the evaluation's asset checks, as plain functions --------------------------------------------
+
+
+def test_a_leaked_eval_example_fails_the_split_check():
+    from qeforge.evaluation.checks import evaluated_on_test_split_only
+
+    passed, metadata = evaluated_on_test_split_only({"a", "b"}, {"train": {"b"}, "validation": set(), "test": {"a", "b"}}, "test")
+    assert (passed, metadata["in_train_or_validation"]) == (False, 1)
+
+
+def test_scoring_exactly_the_test_split_passes_the_split_check():
+    from qeforge.evaluation.checks import evaluated_on_test_split_only
+
+    assert evaluated_on_test_split_only({"a"}, {"train": {"b"}, "validation": {"c"}, "test": {"a"}}, "test")[0]
+
+
+def test_an_escaped_suite_fails_the_sandbox_check():
+    from qeforge.evaluation.checks import sandbox_contained
+
+    frame = pd.DataFrame({"adapter_syntax_valid": [True, True], "adapter_sandbox_ran": [True, True],
+                          "adapter_escaped": [False, True], "adapter_sandbox_status": ["passed", "timeout"]})
+    passed, metadata = sandbox_contained(frame)
+    assert (passed, metadata["escapes"], metadata["timeouts"]) == (False, 1, 1)
+
+
+def test_a_category_without_generated_code_passes_the_sandbox_check():
+    from qeforge.evaluation.checks import sandbox_contained
+
+    assert sandbox_contained(pd.DataFrame({"adapter_output": ["x"]})) == (
+        True, {"sandboxed_runs": 0, "note": "this category runs no generated code"})
+
+
+def test_no_gain_over_the_base_fails_the_base_check():
+    from qeforge.evaluation.checks import adapter_beats_base
+
+    summary = {"adapter_gain_over_base": 0.0, "adapter_score": {"value": 0.5}, "base_score": {"value": 0.5}}
+    assert adapter_beats_base(summary)[0] is False

@@ -32,6 +32,7 @@ def model_and_tokenizer(tmp_path_factory):
     return (*load_adapter_model(str(base), adapter), base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_adapter", [True, False])
 def test_batched_left_padded_generation_matches_one_at_a_time(model_and_tokenizer, use_adapter):
     from qeforge.evaluation.generate import generate

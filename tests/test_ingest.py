@@ -173,6 +173,7 @@ def test_no_hostile_row_aborts_the_import(db, tmp_path):
     assert import_jsonl(db, path).already_present == 3  # and the table reads back for the next import
 
 
+@pytest.mark.slow
 def test_two_concurrent_imports_store_each_row_once(tmp_path):
     import subprocess
     import sys
@@ -196,3 +197,19 @@ def test_orphan_temp_files_are_removed_by_the_next_import(db, tmp_path):
     import_jsonl(db, write_lines(tmp_path / "more.jsonl", [json.dumps(good_row(2))]))
     assert not orphan.exists()
     assert store.trajectories(db).count_rows() == 2
+
+
+def test_import_summary_formats_totals_reasons_and_tables():
+    from qeforge.ingest import format_summary
+
+    text = format_summary({"source": "s", "read": 3, "imported": 1, "updated": 0, "already_present": 1, "quarantined": 1,
+                           "quarantined_by_reason": {"no_answer": 1},
+                           "by_table": {"qe_patterns": {"read": 3, "imported": 1, "updated": 0, "quarantined": 1,
+                                                        "quarantined_by_reason": {"no_answer": 1}},
+                                        "sona_patterns": {"read": 2, "joined": 1}}})
+    assert text.splitlines() == [
+        "s: read 3, imported 1, updated 0, already present 1, quarantined 1",
+        "  quarantined no_answer: 1",
+        "  qe_patterns              read     3, imported     1, updated   0, quarantined    1 (no_answer 1)",
+        "  sona_patterns            read     2, joined into trajectories     1",
+    ]

@@ -1,17 +1,16 @@
 """MLflow registry: candidates, the blocking champion gate, promote/rollback, a remote tracking server."""
 
 import json
-import os
-import signal
-import socket
+import shutil
 import subprocess
 import sys
-import time
 import urllib.request
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from servers import free_port, spawn, stop, wait_until
 from tiny_models import build_base, random_adapter
 
 from qeforge.registry import (CANDIDATE, CHAMPION, client_for, file_sha256, promote, promotion_gate,
@@ -57,6 +56,7 @@ def test_gate_is_ci_aware_and_blocks_a_worse_candidate():
     assert promotion_gate(worse, None, smoke_ok=True).passed  # the first champion only has to beat its base
 
 
+@pytest.mark.slow
 def test_register_promote_rollback_with_who_when_why(tmp_path, tiny):
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
     v1 = register_candidate(client, CATEGORY, run_id=_run_with_adapter(client, tiny["good"]), tags=_tags(tiny), card="# v1")
@@ -83,6 +83,7 @@ def _write_input(io_root, asset, partition, value):
     path.write_text(json.dumps(value))
 
 
+@pytest.mark.slow
 def test_blocking_gate_keeps_a_worse_candidate_out_of_champion(tmp_path, tiny, qe_home):
     """registered_adapter -> champion_gate (blocking) -> champion_adapter, through Dagster, twice."""
     from assets import curation, evaluation, registry, training
@@ -100,14 +101,16 @@ def test_blocking_gate_keeps_a_worse_candidate_out_of_champion(tmp_path, tiny, q
                    "adapter_score": score(ratio), "base_score": score(0.1), "claude_score": score(1.0),
                    "adapter_gain_over_base": 0.2, "meets_target": False, "n_paired": 5, "n_eval": 5,
                    "target_ratio": 0.9, "eval_split": "test", "score_range": [0, 1], "detail": {}}
-        (tiny[adapter] / "training_summary.json").write_text(json.dumps(
+        # A copy per cycle: the module's adapter dirs stay as built.
+        adapter_dir = Path(shutil.copytree(tiny[adapter], tmp_path / f"{adapter}-{version_name}"))
+        (adapter_dir / "training_summary.json").write_text(json.dumps(
             {"base_model": tiny["base"], "dataset_hash": "d" * 64, "adapter_size_bytes": 1000, "recipe": {"lora_r": 4}}))
         routing = {"signal_auroc": {"mean_logprob": 0.7}, "cpt": {"50": 0.2, "80": 0.5, "95": 0.9}, "apgr": 0.6,
                    "confirmed": {"local_share": 0.4, "quality_ratio": 0.95, "quality_ratio_low": 0.9,
                                  "quality_ratio_high": 1.0, "savings_per_1k": 1.2}}
         policy = {"signal": "mean_logprob", "threshold": -0.5, "eval_spec": "code-review@v1 (x)"}
-        _write_input(io_root, "lora_adapter", CATEGORY, {"adapter_dir": str(tiny[adapter]),
-                                                         "mlflow_run_id": _run_with_adapter(client, tiny[adapter])})
+        _write_input(io_root, "lora_adapter", CATEGORY, {"adapter_dir": str(adapter_dir),
+                                                         "mlflow_run_id": _run_with_adapter(client, adapter_dir)})
         _write_input(io_root, "adapter_evaluation", CATEGORY, {"summary": summary})
         _write_input(io_root, "routing_policy", CATEGORY, {"routing": routing, "policy": policy})
         _write_input(io_root, "curated_datasets", None, {"version": version_name, "path": str(tmp_path / "no-datasets")})
@@ -140,43 +143,24 @@ def test_blocking_gate_keeps_a_worse_candidate_out_of_champion(tmp_path, tiny, q
     assert len(client.search_model_versions("name='qeforge-code-review'")) == 2
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on loopback: SQL (sqlite) backend, artifacts proxied by the server."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "server-artifacts"),
-         "--serve-artifacts", "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
+    proc = spawn([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                  "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts", "--workers", "1"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not start")
-                time.sleep(1)
+        wait_until(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, timeout_s=120,
+                   process=proc, what="mlflow server", poll_s=1)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc)
 
 
+@pytest.mark.slow
 def test_remote_tracking_server_registry_and_serving_source(mlflow_server, tiny, tmp_path):
     """Nothing assumes a local path: adapters come back from the server when the recorded dir is gone."""
     from qeforge.serving.registry_source import RegistrySource
@@ -192,3 +176,18 @@ def test_remote_tracking_server_registry_and_serving_source(mlflow_server, tiny,
     assert str(served.path).startswith(str(tmp_path / "cache"))
     assert file_sha256(served.path / "adapter_model.safetensors") == tags["adapter_sha256"]
     assert client.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+
+
+def test_lineage_tags_record_where_a_version_came_from(tmp_path):
+    from qeforge.registry import lineage_tags
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
+    score = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    summary = {"quality_ratio": score, "adapter_score": score, "base_score": score, "claude_score": score,
+               "adapter_gain_over_base": 0.1, "meets_target": False}
+    tags = lineage_tags("code-review", training={"base_model": "b", "dataset_hash": "h", "adapter_size_bytes": 7},
+                        summary=summary, policy={"eval_spec": "s", "signal": "mean_logprob", "threshold": -1.0},
+                        dataset_version="v1", training_run_id="r1", adapter_dir=tmp_path, git_commit=None)
+    assert {k: tags[k] for k in ("base_model", "dataset_version", "training_run_id", "git_commit", "adapter_sha256")} == {
+        "base_model": "b", "dataset_version": "v1", "training_run_id": "r1", "git_commit": "unknown",
+        "adapter_sha256": file_sha256(tmp_path / "adapter_model.safetensors")}

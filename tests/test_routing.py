@@ -170,6 +170,7 @@ def test_auroc_and_signal_auroc():
     assert math.isnan(signal_auroc([0.9, 0.1], [10, 10], [10, 10]))
 
 
+@pytest.mark.slow
 def test_plots(tmp_path):
     rng = np.random.default_rng(0)
     conf, claude = rng.uniform(size=100), rng.uniform(5, 10, 100)

@@ -10,7 +10,7 @@ import ast
 import json
 import os
 import subprocess
-import time
+import threading
 
 import pytest
 
@@ -62,6 +62,7 @@ def suite(body: str) -> str:
     return f"```python\n{body}\n```"
 
 
+@pytest.mark.slow
 def test_good_suite_passes_covers_and_kills_mutants():
     row = score_test_generation(GOOD, META, limits=FAST)
     assert (row["syntax_valid"], row["n_tests"], row["pass_rate"], row["sandbox_status"]) == (1, 4, 1.0, "ok")
@@ -72,6 +73,7 @@ def test_good_suite_passes_covers_and_kills_mutants():
     assert set(json.loads(json.dumps(row))) == set(row)  # JSON-friendly
 
 
+@pytest.mark.slow
 def test_wrong_expectation_fails_and_scores_lower():
     good = score_test_generation(GOOD, META, limits=FAST, n_mutants=0)
     bad = score_test_generation(GOOD.replace("== 10", "== 11"), META, limits=FAST, n_mutants=0)
@@ -87,11 +89,13 @@ def test_syntax_error_scores_zero_without_running(monkeypatch):
         assert (row["syntax_valid"], row["rubric_score"], row["sandbox_ran"]) == (0, 0.0, False)
 
 
+@pytest.mark.slow
 def test_collection_error_and_no_tests_are_reported():
     assert run_tests("from nowhere import clamp\ndef test_x():\n    pass\n", FOCAL, limits=FAST).status == "collection_error"
     assert run_tests("def helper():\n    pass\n", FOCAL, limits=FAST).status == "no_tests"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ignores_alarm", [False, True], ids=["child-alarm", "parent-kill"])
 def test_endless_test_times_out_and_its_process_group_is_gone(monkeypatch, ignores_alarm):
     pids = []
@@ -104,16 +108,15 @@ def test_endless_test_times_out_and_its_process_group_is_gone(monkeypatch, ignor
     monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
     # Ignoring SIGALRM defeats the child's own budget, leaving the parent's deadline to kill it.
     prelude = "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n" if ignores_alarm else ""
-    started = time.monotonic()
     result = run_tests(prelude + "def test_forever():\n    while True:\n        pass\n", FOCAL, limits=FAST)
     assert result.status == "timeout"
-    assert time.monotonic() - started < FAST.timeout_s + sandbox.STARTUP_GRACE_S + 3
     assert pids
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
 
 
+@pytest.mark.slow
 def test_network_is_blocked():
     tests = (
         "import socket\n"
@@ -127,6 +130,7 @@ def test_network_is_blocked():
     assert not result.escaped
 
 
+@pytest.mark.slow
 def test_writes_outside_the_sandbox_are_blocked(tmp_path):
     victim = tmp_path / "victim" / "keep.txt"
     victim.parent.mkdir()
@@ -147,6 +151,7 @@ def test_writes_outside_the_sandbox_are_blocked(tmp_path):
     assert not result.escaped
 
 
+@pytest.mark.slow
 def test_processes_and_native_code_are_blocked():
     tests = (
         "import os, subprocess\n"
@@ -161,6 +166,7 @@ def test_processes_and_native_code_are_blocked():
         assert any(b.startswith(event) for b in result.blocked), event
 
 
+@pytest.mark.slow
 def test_huge_allocation_is_contained():
     tests = "def test_hog():\n    data = b'x' * (2 << 30)\n    assert data\n\ndef test_after():\n    assert True\n"
     result = run_tests(tests, FOCAL, limits=SandboxLimits(timeout_s=3, memory_mb=512))
@@ -170,6 +176,7 @@ def test_huge_allocation_is_contained():
         assert "MemoryError" in result.log_tail
 
 
+@pytest.mark.slow
 def test_dead_child_still_reports_what_it_measured():
     tests = "import faulthandler\ndef test_a():\n    pass\ndef test_b():\n    faulthandler._sigsegv()\ndef test_c():\n    pass\n"
     result = run_tests(tests, FOCAL, limits=FAST)
@@ -177,17 +184,22 @@ def test_dead_child_still_reports_what_it_measured():
     assert "sandbox_harness.py" in result.log_tail  # faulthandler's stack of the dead child
 
 
-def test_run_many_keeps_order_and_overlaps():
-    # Sleeping tests need no CPU, so overlap shows even on a busy machine.
-    jobs = [
-        {"test_source": f"import time\nfrom focal import clamp\ndef test_x():\n    time.sleep(1.5)\n    assert clamp({v}, 0, 10) == 5\n", "focal_source": FOCAL}
-        for v in (5, 99, 5, -1)
-    ]
-    started = time.monotonic()
+@pytest.mark.slow
+def test_run_many_keeps_order_and_runs_jobs_at_once(monkeypatch):
+    # Each job waits at a two-party barrier before it runs: it only gets through when a second job
+    # is in flight at the same time, so serial execution fails with BrokenBarrierError, not a timing.
+    barrier = threading.Barrier(2, timeout=120)
+    real_run_tests = sandbox.run_tests
+
+    def paired_run_tests(**job):
+        barrier.wait()
+        return real_run_tests(**job)
+
+    monkeypatch.setattr(sandbox, "run_tests", paired_run_tests)
+    jobs = [{"test_source": f"from focal import clamp\ndef test_x():\n    assert clamp({v}, 0, 10) == 5\n", "focal_source": FOCAL}
+            for v in (5, 99, 5, -1)]
     results = run_many(jobs, processes=2, limits=FAST)
-    wall = time.monotonic() - started
     assert [r.passed for r in results] == [1, 0, 1, 0]
-    assert wall < 0.8 * sum(r.duration_s for r in results)
 
 
 def test_make_mutants_is_deterministic_and_distinct():
@@ -207,6 +219,7 @@ def test_extract_tests_picks_the_python_block():
     assert extract_tests("just prose, def test_ mentioned") is None
 
 
+@pytest.mark.slow
 def test_demo_success_output_passes():
     rows = []
     for line in generate_demo_lines(60, with_embeddings=False):
@@ -220,6 +233,7 @@ def test_demo_success_output_passes():
     assert scores["pass_rate"] == 1.0
 
 
+@pytest.mark.slow
 def test_without_bubblewrap_the_isolation_is_called_weak():
     row = score_test_generation(GOOD, META, limits=SandboxLimits(timeout_s=3, use_bwrap=False), n_mutants=0)
     assert (row["sandbox_status"], row["pass_rate"], row["sandbox_isolation"]) == ("ok", 1.0, "weak")

@@ -26,6 +26,8 @@ from qeforge.evaluation.sandbox import SandboxLimits, bwrap_available, run_tests
 from qeforge.evaluation.test_generation import make_mutants, score_test_generation
 from tests.test_sandbox import FOCAL, META
 
+pytestmark = pytest.mark.slow  # runs hostile code in sandboxes
+
 needs_bwrap = pytest.mark.skipif(
     not bwrap_available(), reason="bubblewrap missing or user namespaces disabled here (.ci/run installs bubblewrap)")
 

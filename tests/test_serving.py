@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from servers import BackgroundServer
 from tiny_models import build_base, random_adapter
+
+pytestmark = pytest.mark.slow  # builds tiny models and serves them
 
 SERVED = ("test-generation", "coverage-analysis", "flaky-detection")
 PROMPT = [{"role": "user", "content": "def add(a, b):\n    return a + b"}]
@@ -53,27 +53,6 @@ def expected(engine):
     return out
 
 
-class Server:
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 @pytest.fixture
 def serve():
     from qeforge.serving.app import create_app
@@ -81,7 +60,7 @@ def serve():
     servers = []
 
     def start(engine, **kw):
-        servers.append(Server(create_app(engine, **kw)))
+        servers.append(BackgroundServer(create_app(engine, **kw), startup_timeout_s=30).start())
         return servers[-1]
 
     yield start
@@ -93,7 +72,7 @@ def serve():
 def server(engine):
     from qeforge.serving.app import create_app
 
-    s = Server(create_app(engine))
+    s = BackgroundServer(create_app(engine), startup_timeout_s=30).start()
     yield s
     s.stop()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 
 import pytest
 
@@ -124,6 +125,7 @@ def test_recipe_path_rejects_unknown_category():
 # --- errors before training ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_empty_train_split_is_rejected(tiny_base, tmp_path):
     from qeforge.training.sft import main
 
@@ -135,6 +137,7 @@ def test_empty_train_split_is_rejected(tiny_base, tmp_path):
         main(*tiny_args(tiny_base, tmp_path / "missing", tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_missing_target_module_lists_available(tiny_base, dataset_dir, tmp_path):
     from qeforge.training.sft import main
 
@@ -148,6 +151,7 @@ def test_missing_target_module_lists_available(tiny_base, dataset_dir, tmp_path)
 # --- the base model and packing --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_base_is_phi3_with_fused_modules_and_chat_template(tiny_base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -163,6 +167,7 @@ def test_tiny_base_is_phi3_with_fused_modules_and_chat_template(tiny_base):
     assert tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True).endswith("<|assistant|>\n")
 
 
+@pytest.mark.slow
 def test_padding_free_packing_does_not_cross_contaminate(tiny_base):
     import torch
     from transformers import AutoModelForCausalLM
@@ -181,6 +186,7 @@ def test_padding_free_packing_does_not_cross_contaminate(tiny_base):
 # --- SFT -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_adapter_beats_base_on_validation(trained):
     _, summary, _ = trained
     assert summary["finished"] and not summary["skipped"]
@@ -191,6 +197,7 @@ def test_adapter_beats_base_on_validation(trained):
     assert len(summary["history"]["eval"]["eval_loss"]) == 2  # one eval per epoch
 
 
+@pytest.mark.slow
 def test_output_is_adapter_only_and_changes_logits(trained, tiny_base):
     import torch
     from peft import PeftModel
@@ -208,22 +215,27 @@ def test_output_is_adapter_only_and_changes_logits(trained, tiny_base):
         assert not torch.allclose(tuned(ids).logits, base_logits)
 
 
-def test_same_inputs_skip_and_force_retrains(trained):
+@pytest.mark.slow
+def test_same_inputs_skip_training(trained, tiny_base, dataset_dir, tmp_path):
     from qeforge.training.sft import main
 
-    args, first, out = trained
-    again = main(*args)
+    _, first, out = trained
+    copy = shutil.copytree(out, tmp_path / "adapter")  # the module's adapter stays as trained
+    again = main(*tiny_args(tiny_base, dataset_dir, copy))
     assert again["skipped"] is True and again["fingerprint"] == first["fingerprint"]
-    script, train, model = args
-    script.force = True
-    try:
-        forced = main(script, train, model)
-    finally:
-        script.force = False
-    assert forced["skipped"] is False and forced["fingerprint"] == first["fingerprint"]
-    assert forced["resumed_from"] is None
 
 
+@pytest.mark.slow
+def test_force_retrains_on_the_same_inputs(trained, tiny_base, dataset_dir, tmp_path):
+    from qeforge.training.sft import main
+
+    _, first, out = trained
+    copy = shutil.copytree(out, tmp_path / "adapter")
+    forced = main(*tiny_args(tiny_base, dataset_dir, copy, force=True))
+    assert (forced["skipped"], forced["fingerprint"], forced["resumed_from"]) == (False, first["fingerprint"], None)
+
+
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_last_checkpoint(tiny_base, dataset_dir, tmp_path):
     from transformers import TrainerCallback
 
@@ -249,6 +261,7 @@ def test_interrupted_run_resumes_from_last_checkpoint(tiny_base, dataset_dir, tm
 # --- tracking ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_log_training_run_to_mlflow(trained, tmp_path):
     from mlflow import MlflowClient
 
@@ -270,6 +283,7 @@ def test_log_training_run_to_mlflow(trained, tmp_path):
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/loss.png"]
 
 
+@pytest.mark.slow
 def test_tiny_base_build_is_deterministic_and_skips_when_unchanged(tmp_path):
     from qeforge.training.base_model import build_tiny_base
     from qeforge.training.tokenizer import render_messages

@@ -16,16 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, spawn, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 README_SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -53,13 +51,7 @@ def _chromium() -> tuple[str | None, str]:
 
 
 CHROMIUM, NO_BROWSER = _chromium()
-pytestmark = pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)]
 
 
 class Dagster:
@@ -119,24 +111,6 @@ class Dagster:
         )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGINT to the whole process group (what Ctrl-C does), then SIGTERM, then SIGKILL."""
-    pgid = process.pid  # start_new_session: the group id is the leader's pid
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader so the group can empty
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory):
     """`dagster dev` on a free port with a scratch DAGSTER_HOME and QEFORGE_HOME holding a demo bank."""
@@ -146,19 +120,10 @@ def dagster_ui(tmp_path_factory):
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("QEFORGE_LANCEDB_URI", "MLFLOW_TRACKING_URI")}
     env.update(DAGSTER_HOME=str(dagster_home), QEFORGE_HOME=str(qeforge_home), HF_HUB_OFFLINE="1")
-    port = _free_port()
+    port = free_port()
     log = (tmp / "dagster-dev.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT,  # workspace.yaml
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        # A parent that ignores SIGINT (a background job, some CI shells) would hand that on, and
-        # `dagster dev` then ignores SIGTERM too: restore the default so the teardown can stop it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = spawn([sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
+                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # cwd: workspace.yaml
     try:
         # The demo bank is written while the server starts (raw_trajectories fails on an empty store).
         from qeforge import store
@@ -170,22 +135,20 @@ def dagster_ui(tmp_path_factory):
         assert imported.imported > 0
 
         ui = Dagster(port)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"dagster dev exited ({process.returncode}):\n{(tmp / 'dagster-dev.log').read_text()[-4000:]}")
-            try:
-                if located := ui.location():
-                    ui.location_name, ui.repository_name = located
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"dagster dev not ready after {READY_TIMEOUT_S}s:\n{(tmp / 'dagster-dev.log').read_text()[-4000:]}")
-            time.sleep(2)
+        located = []
+
+        def code_location_loaded() -> bool:
+            located.append(ui.location())  # (location, repository) once loaded, else None
+            return bool(located[-1])
+
+        try:
+            wait_until(code_location_loaded, timeout_s=READY_TIMEOUT_S, process=process, what="dagster dev", poll_s=2)
+        except RuntimeError as e:
+            raise AssertionError(f"{e}:\n{(tmp / 'dagster-dev.log').read_text()[-4000:]}") from None
+        ui.location_name, ui.repository_name = located[-1]
         yield ui
     finally:
-        _stop(process)
+        stop(process)
         log.close()
 
 

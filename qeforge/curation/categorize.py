@@ -32,14 +32,19 @@ class CategoryClassifier:
         p = self.probabilities(vectors)
         return [self.classes[i] for i in p.argmax(axis=1)], p.max(axis=1)
 
+    def as_dict(self) -> dict:
+        return {"classes": self.classes, "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CategoryClassifier":
+        return cls(d["classes"], np.asarray(d["coef"], dtype=np.float32), np.asarray(d["intercept"], dtype=np.float32))
+
     def save(self, path: Path) -> None:
-        payload = {"classes": self.classes, "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
-        path.write_text(json.dumps(payload))
+        path.write_text(json.dumps(self.as_dict()))
 
     @classmethod
     def load(cls, path: Path) -> "CategoryClassifier":
-        d = json.loads(Path(path).read_text())
-        return cls(d["classes"], np.asarray(d["coef"], dtype=np.float32), np.asarray(d["intercept"], dtype=np.float32))
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def _fit(vectors: np.ndarray, labels: list[str], seed: int) -> CategoryClassifier:

@@ -145,3 +145,10 @@ def load_manifest(root: Path) -> dict | None:
     if current is None:
         return None
     return json.loads((current[1] / "manifest.json").read_text())
+
+
+def current_classifier_path(root: Path) -> Path | None:
+    """The category classifier the current version was curated with (what the shim's `qeforge` model uses)."""
+    current = current_version(root)
+    path = current[1] / "classifier.json" if current else None
+    return path if path is not None and path.exists() else None

@@ -40,7 +40,3 @@ def load_policy(root: Path, version: str | None = None) -> dict:
             raise FileNotFoundError(f"no routing policy under {root}: materialize routing_policies first")
         version = current.read_text().strip()
     return json.loads((root / f"{version}.json").read_text())
-
-
-def threshold_of(entry: dict) -> float:
-    return float(entry["threshold"])  # "inf" -> inf

@@ -10,6 +10,19 @@ from qeforge.evaluation.policy import load_policy
 from qeforge.evaluation.sandbox import WEAK_ISOLATION
 
 
+def headline_scores(summary: dict) -> dict[str, float]:
+    """An evaluation summary's headline numbers as flat fields: registry tags and asset metadata use these names."""
+    ratio = summary["quality_ratio"]
+    return {
+        "adapter_score": summary["adapter_score"]["value"],
+        "base_score": summary["base_score"]["value"],
+        "claude_score": summary["claude_score"]["value"],
+        "quality_ratio": ratio["value"],
+        "quality_ratio_ci_low": ratio["ci_low"],
+        "quality_ratio_ci_high": ratio["ci_high"],
+    }
+
+
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 

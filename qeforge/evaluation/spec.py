@@ -166,7 +166,3 @@ def _check(spec: EvalSpec, where: str) -> None:
     for dotted in filter(None, [spec.parser, (spec.scorer or {}).get("function"), *(m.normalize for m in spec.metrics)]):
         resolve(dotted)
 
-
-def load_specs() -> dict[str, EvalSpec]:
-    return {c: load_spec(c) for c in CATEGORIES}
-

@@ -41,10 +41,11 @@ class Settings:
     classifier_path: str | None = None
     onnx_cache_dir: str | None = None
     max_body_bytes: int = field(default_factory=default_max_body_bytes)  # larger chat bodies get a 413
+    db: object | None = None  # LanceDB connection for the knn signal (with its storage_options); None: the default
 
     def build_engine(self) -> Engine:
-        return Engine(self.source or default_source(), backend=self.backend,
-                      classifier_path=self.classifier_path, onnx_cache_dir=self.onnx_cache_dir)
+        return Engine(self.source or default_source(), backend=self.backend, classifier_path=self.classifier_path,
+                      onnx_cache_dir=self.onnx_cache_dir, db=self.db)
 
 
 class Metrics:

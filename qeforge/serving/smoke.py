@@ -4,9 +4,6 @@ category over HTTP on loopback, print the routing decisions, stop."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import urllib.request
 
 from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS, registered_model_name
@@ -19,44 +16,32 @@ PROMPTS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> tuple[dict, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=300) as response:
         return json.loads(response.read()), dict(response.headers)
 
 
-def serve_one_request_per_category(source=None, categories: tuple[str, ...] | None = None) -> bool:
-    import uvicorn
-
+def serve_one_request_per_category(source, categories: tuple[str, ...] | None = None, db=None) -> bool:
+    """`source`: what to serve, `db`: the LanceDB the knn signal searches (the main job passes what its
+    resources point at)."""
     from qeforge.serving.app import Settings, create_app
-    from qeforge.serving.registry_source import RegistrySource
+    from qeforge.serving.background import BackgroundServer
 
-    settings = Settings(host="127.0.0.1", port=_free_port(), source=source or RegistrySource())
     try:
-        app = create_app(settings)
+        app = create_app(Settings(host="127.0.0.1", source=source, db=db))
     except (FileNotFoundError, ValueError) as err:  # nothing promoted yet, or champions on different bases
         print(f"serve: nothing to serve: {err}")
         return False
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://{settings.host}:{settings.port}"
+    try:
+        server = BackgroundServer(app).start()
+    except RuntimeError as err:
+        print(f"serve: {err}")
+        return False
     ok = True
     try:
-        deadline = time.time() + 300
-        while not server.started:
-            if time.time() > deadline or not thread.is_alive():
-                print("serve: the shim did not start")
-                return False
-            time.sleep(0.2)
-        with urllib.request.urlopen(f"{base}/health", timeout=30) as response:  # /health shows no paths without a key
-            print(f"serve: shim on {base} ({json.loads(response.read())['status']}, {app.state.engine.snapshot.source})")
+        with urllib.request.urlopen(f"{server.url}/health", timeout=30) as response:  # no paths shown without a key
+            print(f"serve: shim on {server.url} ({json.loads(response.read())['status']}, {app.state.engine.snapshot.source})")
         served = set(app.state.engine.snapshot.adapters)
         for category in categories or CATEGORIES:
             if category not in served:  # the gate kept its candidate out of `champion`: nothing local to ask
@@ -66,7 +51,7 @@ def serve_one_request_per_category(source=None, categories: tuple[str, ...] | No
                     "messages": [{"role": "system", "content": SYSTEM_PROMPTS[category]},
                                  {"role": "user", "content": PROMPTS[category]}]}
             try:
-                answer, headers = _post(f"{base}/v1/chat/completions", body)
+                answer, headers = _post(f"{server.url}/v1/chat/completions", body)
             except OSError as e:
                 print(f"serve {category}: FAILED ({e})")
                 ok = False
@@ -76,6 +61,5 @@ def serve_one_request_per_category(source=None, categories: tuple[str, ...] | No
             print(f"serve {category}: {route['decision']} (v{route['adapter_version']}, {route['signal']} "
                   f"{route['confidence']} vs {route['threshold']}): {text!r}")
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        server.stop()
     return ok

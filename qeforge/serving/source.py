@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Protocol
 
 from qeforge.categories import CATEGORIES
-from qeforge.locations import default_locations, qeforge_home
+from qeforge.locations import default_locations
+from qeforge.training.adapters import latest_adapters
 
 # Without a policy every category answers locally: threshold -inf, signal mean_logprob.
 ALWAYS_LOCAL = {"signal": "mean_logprob", "threshold": "-inf"}
@@ -49,8 +50,8 @@ def read_policy(path: str | Path) -> dict:
     return load_policy(path) if path.is_dir() else json.loads(path.read_text())
 
 
-def current_policy() -> dict | None:
-    root = qeforge_home() / "evals" / "routing_policies"
+def current_policy(policies_dir: str | Path | None = None) -> dict | None:
+    root = Path(policies_dir or Path(default_locations().evals_dir) / "routing_policies")
     return read_policy(root) if (root / "CURRENT").exists() else None
 
 
@@ -87,25 +88,25 @@ class DirectorySource:
 
 
 class LatestLocalSource:
-    """The newest adapter per category under <models>/adapters and the current routing policy, re-read per load."""
+    """The newest adapter per category under the adapters dir and the current routing policy, re-read per load."""
 
-    def __init__(self, models_dir: str | Path | None = None, base_model: str | None = None, policy: dict | None = None):
-        self.models_dir = Path(models_dir or default_locations().models_dir)
+    def __init__(self, adapters_dir: str | Path | None = None, base_model: str | None = None, policy: dict | None = None,
+                 policies_dir: str | Path | None = None):
+        self.adapters_dir = Path(adapters_dir or default_locations().adapters_dir)
         self.base_model = base_model
         self.policy = policy
+        self.policies_dir = policies_dir
 
     def load(self) -> Snapshot:
-        from qeforge.cli import latest_adapters
-
-        found = latest_adapters(self.models_dir)
+        found = latest_adapters(self.adapters_dir)
         if not found:
-            raise FileNotFoundError(f"no trained adapters under {self.models_dir / 'adapters'}: run `qeforge run` first")
+            raise FileNotFoundError(f"no trained adapters under {self.adapters_dir}: run `qeforge run` first")
         bases = {a["base_model"] for a in found.values() if a["base_model"]}
         base = self.base_model or (bases.pop() if len(bases) == 1 else None)
         if base is None:
             raise ValueError(f"adapters record different (or no) base models {sorted(bases)}; pass --base")
-        snap = DirectorySource(base, {c: a["adapter_dir"] for c, a in found.items()}, self.policy or current_policy()).load()
-        return Snapshot(snap.base_model, snap.adapters, snap.policy_version, f"latest local adapters under {self.models_dir}")
+        snap = DirectorySource(base, {c: a["adapter_dir"] for c, a in found.items()}, self.policy or current_policy(self.policies_dir)).load()
+        return Snapshot(snap.base_model, snap.adapters, snap.policy_version, f"latest local adapters under {self.adapters_dir}")
 
 
 class FirstAvailableSource:
@@ -124,9 +125,11 @@ class FirstAvailableSource:
         raise FileNotFoundError("nothing to serve: " + "; ".join(reasons))
 
 
-def default_source() -> AdapterSource:
+def default_source(tracking_uri: str | None = None, adapters_dir: str | Path | None = None,
+                   policies_dir: str | Path | None = None) -> AdapterSource:
     """What `qeforge serve` serves without --adapter flags: the registry's champions, or, before
-    anything is registered, the latest local adapter per category."""
+    anything is registered, the latest local adapter per category. Locations left out: the defaults."""
     from qeforge.serving.registry_source import RegistrySource
 
-    return FirstAvailableSource(RegistrySource(), LatestLocalSource())
+    return FirstAvailableSource(RegistrySource(tracking_uri),
+                                LatestLocalSource(adapters_dir, policies_dir=policies_dir))
