@@ -160,17 +160,20 @@ def routing_policies(
     from qeforge.evaluation.run import overall_ratio
     from qeforge.evaluation.spec import load_spec
 
-    missing = [c for c in CATEGORIES if c not in routing_policy]
-    if missing:
-        raise dg.Failure(f"no routing policy for {missing}: materialize routing_policy for every category first")
-    frames = {c: pd.read_parquet(adapter_evaluation[c]["examples_path"]) for c in CATEGORIES}
-    overall = overall_ratio(frames, {c: load_spec(c).eval_split for c in CATEGORIES}, curation.target_mix,
+    # A category with no evaluated adapter yet (the sensor trained only the categories that gained data)
+    # has no entry: its requests escalate to Claude, and the overall ratio covers the categories present.
+    present = [c for c in CATEGORIES if c in routing_policy and c in adapter_evaluation]
+    if not present:
+        raise dg.Failure("no routing policy for any category: materialize routing_policy for a category first")
+    escalating = [c for c in CATEGORIES if c not in present]
+    if escalating:
+        context.log.warning(f"no routing policy for {escalating}: their requests escalate to Claude")
+    frames = {c: pd.read_parquet(adapter_evaluation[c]["examples_path"]) for c in present}
+    overall = overall_ratio(frames, {c: load_spec(c).eval_split for c in present}, curation.target_mix,
                             seed=evaluation.seed)
     overall["target"] = evaluation.overall_target
     overall["meets_target"] = bool(overall["value"] is not None and overall["value"] >= evaluation.overall_target)
-    policy, path = write_policy(
-        {c: routing_policy[c]["policy"] for c in CATEGORIES}, overall, evaluation.policies_path()
-    )
+    policy, path = write_policy({c: routing_policy[c]["policy"] for c in present}, overall, evaluation.policies_path())
     context.log.info(f"routing policy {policy['version']} at {path}")
     rows = [{"category": c, "signal": p["signal"], "threshold": p["threshold"],
              "local_share": round(p["expected_local_share"], 3), "quality_ratio": round(p["expected_quality_ratio"], 3),
@@ -186,6 +189,8 @@ def routing_policies(
             "overall_ci_low": overall["ci_low"] if overall["ci_low"] is not None else float("nan"),
             "overall_ci_high": overall["ci_high"] if overall["ci_high"] is not None else float("nan"),
             "overall_meets_95pct_target": overall["meets_target"],
+            "categories_with_policy": len(present),
+            "categories_escalating": ", ".join(escalating) or "none",
             "policy": md_records(rows),
         },
     )

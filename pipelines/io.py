@@ -40,10 +40,14 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             raise TypeError(f"ParquetIOManager stores DataFrames and dicts, got {type(obj).__name__}")
 
     def load_input(self, context: dg.InputContext):
-        # An unpartitioned asset reading a partitioned one gets {partition: value} for every partition.
+        # An unpartitioned asset reading a partitioned one gets {partition: value} for every partition
+        # materialized so far (a category never trained is absent; the reader decides what that means).
         if context.has_asset_partitions and (not context.has_partition_key or len(context.asset_partition_keys) > 1):
-            return {key: self._load(context, key) for key in context.asset_partition_keys}
+            return {key: self._load(context, key) for key in context.asset_partition_keys if self._exists(context, key)}
         return self._load(context, None)
+
+    def _exists(self, context: dg.InputContext, partition: str) -> bool:
+        return any(self._path(context, suffix, partition).exists() for suffix in (".parquet", ".json"))
 
     def _load(self, context: dg.InputContext, partition: str | None):
         parquet = self._path(context, ".parquet", partition)

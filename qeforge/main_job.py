@@ -100,16 +100,13 @@ def run_main_job(
         if not run.success and not any(c.check_name == "champion_gate" and not c.passed for c in evaluations):
             print(f"category {category}: FAILED (run {run.run_id})")
             return 1
-    if categories and set(categories) != set(CATEGORIES):
-        # The combined policy needs every category; each champion carries its own policy in the registry.
-        print(f"routing policy: not rewritten (only {', '.join(categories)} ran)")
-    else:
-        started = time.time()
-        run = defs.resolve_job_def("routing").execute_in_process(instance=instance, raise_on_error=False)
-        if not run.success:
-            print(f"routing policy: FAILED (run {run.run_id})")
-            return 1
-        print(f"[{time.time() - started:.0f}s] routing policy: {run.output_for_node('routing_policies')['path']}", flush=True)
+    # The combined policy covers every category evaluated so far; one never trained escalates to Claude.
+    started = time.time()
+    run = defs.resolve_job_def("routing").execute_in_process(instance=instance, raise_on_error=False)
+    if not run.success:
+        print(f"routing policy: FAILED (run {run.run_id})")
+        return 1
+    print(f"[{time.time() - started:.0f}s] routing policy: {run.output_for_node('routing_policies')['path']}", flush=True)
     for check in checks:
         print(f"  check {check.asset_key.to_user_string()}:{check.check_name} {'passed' if check.passed else 'FAILED'}")
     if serve_check:
