@@ -3,7 +3,7 @@
     mean_logprob:   the mean log-probability of the greedy answer's tokens, up to and including the
                     first stop token (`token_logprobs` per step, `answer_length`, `mean_logprob`);
     knn_similarity: the cosine similarity of the user text's MiniLM embedding to the nearest
-                    known-good training row of the category (`user_text`, `KnownGood`).
+                    known-good training row of the category (`knn_similarity`, `KnownGood`).
 
 A threshold tuned offline means the same online only if both sides run this code; the serving test
 `test_shim_signal_equals_the_evaluations` checks that they agree on the same prompt and adapter.
@@ -39,6 +39,12 @@ def answer_length(tokens: Sequence[int], stops: Sequence[int]) -> int:
 
 def mean_logprob(logprobs: Sequence[float]) -> float:
     return float(np.mean(logprobs)) if len(logprobs) else -math.inf
+
+
+def knn_similarity(known_good: KnownGood, category: str, conversations: list[list[dict]], embed) -> np.ndarray:
+    """The knn signal of each conversation; `embed`: texts -> unit MiniLM vectors (sentence-transformers
+    in evaluation, the same model on ONNX Runtime in the shim)."""
+    return known_good.similarity(category, embed([user_text(c) for c in conversations]))
 
 
 class KnownGood:

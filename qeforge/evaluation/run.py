@@ -25,7 +25,7 @@ from qeforge.evaluation.sandbox import isolation_summary
 from qeforge.evaluation.references import resolve_truths
 from qeforge.evaluation.scoring import score_outputs
 from qeforge.evaluation.spec import EvalSpec
-from qeforge.signals import SIGNALS, KnownGood, user_text
+from qeforge.signals import SIGNALS, KnownGood, knn_similarity, user_text
 
 
 
@@ -104,8 +104,7 @@ def evaluate_category(
             "input_tokens": [approx_tokens(user_text(e["prompt"])) for e in examples],
             "claude_output_tokens": [approx_tokens(e["reference"]) for e in examples],
         })
-        vectors = embed_texts([user_text(p) for p in prompts])
-        frame["knn_similarity"] = known_good.similarity(spec.task, vectors)
+        frame["knn_similarity"] = knn_similarity(known_good, spec.task, prompts, embed_texts)
 
         # Ground truth once per example: the same for every model scored on it.
         truths = resolve_truths(spec, examples, workers=workers)

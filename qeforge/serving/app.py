@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from qeforge.categories import registered_model_name
 from qeforge.serving.batching import DEFAULT_MAX_BATCH
@@ -59,7 +60,7 @@ class Settings:
 
 class Metrics:
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry()
         fine = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
@@ -73,6 +74,7 @@ class Metrics:
         self.routing = Histogram("qeforge_routing_decision_seconds", "Signal computation + threshold compare",
                                  ["signal"], registry=r, buckets=fine)
         self.tokens = Counter("qeforge_generated_tokens", "Tokens generated locally", ["category"], registry=r)
+        self.waiting = Gauge("qeforge_generation_waiting", "Requests waiting for a generation batch", registry=r)
 
     def observe(self, c: Completion, seconds: float) -> None:
         self.requests.labels(c.category, c.decision, "200").inc()
@@ -112,6 +114,7 @@ def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = N
         engine = engine_or_settings
     max_body_bytes = max_body_bytes if max_body_bytes is not None else default_max_body_bytes()
     metrics = Metrics()
+    metrics.waiting.set_function(lambda: engine.batcher.waiting)
     app = FastAPI(title="qeforge shim", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.metrics = engine, metrics
 
@@ -200,6 +203,9 @@ def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = N
         except ServingError as exc:
             metrics.requests.labels("none", "cancelled" if exc.status == 499 else "rejected", str(exc.status)).inc()
             raise
+        except ClientDisconnect:  # gone while sending the body: nobody to answer, and not a server error
+            metrics.requests.labels("none", "cancelled", "499").inc()
+            return Response(status_code=499)
         except Exception:
             metrics.requests.labels("none", "error", "500").inc()
             raise

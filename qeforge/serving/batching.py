@@ -50,7 +50,7 @@ class Backend(Protocol):
         """The cache of these rows only."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two identical prompts are two requests
 class GenerationRequest:
     category: str
     ids: list[int]
@@ -96,6 +96,11 @@ class Batcher:
         finally:
             with self._lock:
                 self._arriving -= 1
+
+    @property
+    def waiting(self) -> int:
+        """Requests submitted and not yet in a batch (the queue depth)."""
+        return self._queue.qsize() + len(self._backlog)
 
     def submit(self, request: GenerationRequest) -> Future:
         self._queue.put(request)

@@ -26,7 +26,7 @@ from qeforge.evaluation.generate import stop_token_ids
 from qeforge.locations import qeforge_home
 from qeforge.serving.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, Batcher, Cancelled, Generated, GenerationRequest
 from qeforge.serving.source import AdapterSource, Snapshot
-from qeforge.signals import SIGNALS, KnownGood, user_text
+from qeforge.signals import SIGNALS, KnownGood, knn_similarity
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class Engine:
         return state.known_good
 
     def _knn(self, state: _Loaded, category: str, messages: list[dict]) -> float:
-        return float(self._known_good(state).similarity(category, self.embed([user_text(messages)]))[0])
+        return float(knn_similarity(self._known_good(state), category, [messages], self.embed)[0])
 
     def _classify(self, messages: list[dict], state: _Loaded) -> str:
         if self._classifier is None:
