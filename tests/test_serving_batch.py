@@ -56,6 +56,31 @@ def test_one_batch_of_mixed_adapters_answers_like_one_at_a_time(artefacts, seria
         assert g.mean_logprob == pytest.approx(e.confidence, abs=1e-4)
 
 
+def test_requests_that_join_a_running_batch_answer_like_one_at_a_time(artefacts, serial):
+    """Rows join after 1 and 3 steps (their caches left-padded and stacked under the running ones),
+    and rows leave at different steps (the cache columns no row uses are cut). Driven step by step
+    from the test thread; the engine's own generation thread sits idle on its empty queue."""
+    from qeforge.serving.batching import GenerationRequest
+
+    eng = make_engine(artefacts, policy())
+    state, batcher = eng._state, eng.batcher
+    cases = [(SERVED[0], PROMPTS[2], 4), (SERVED[1], PROMPTS[0], 6), (SERVED[2], PROMPTS[1], MAX),
+             (SERVED[0], PROMPTS[0], 24), (SERVED[1], PROMPTS[2], 3)]
+    requests = [GenerationRequest(c, state.prompt_ids(conversation(c, p)), n, (), state) for c, p, n in cases]
+    running = batcher._prefill(requests[:1])
+    for joining_after, joiners in ((1, requests[1:3]), (2, requests[3:])):
+        for _ in range(joining_after):
+            assert batcher._step(running)
+        batcher._join(running, batcher._prefill(joiners))
+    while batcher._step(running):
+        pass
+    for (c, p, n), r in zip(cases, requests):
+        got, want = r.future.result(0), serial.complete(f"qeforge-{c}", conversation(c, p), max_tokens=n)
+        assert (got.text, got.finish_reason, len(got.tokens)) == (want.text, want.finish_reason, want.completion_tokens)
+        assert got.mean_logprob == pytest.approx(want.confidence, abs=1e-4)
+    assert [r.batch_rows for r in requests[:3]] == [1, 3, 3] and requests[3].batch_rows == requests[4].batch_rows >= 4
+
+
 def test_stop_strings_end_the_answer_before_them(serial):
     c = SERVED[0]
     full = serial.complete(f"qeforge-{c}", PROMPT, max_tokens=MAX).text

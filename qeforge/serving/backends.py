@@ -39,6 +39,9 @@ class TorchBackend:
         self.model = model.eval()
         self.context = _context(model.config)
         self.refused: dict[str, str] = {}
+        # A sliding-window cache keeps only the last window's positions, so padding one to stack it
+        # under another would not line up: those models wait for the running batch to end instead.
+        self.joins_running = getattr(model.config, "sliding_window", None) is None
 
     def forward(self, categories: list[str], ids: np.ndarray, mask: np.ndarray, past):
         import torch
@@ -58,9 +61,24 @@ class TorchBackend:
         past.batch_select_indices(torch.tensor(rows))
         return past
 
+    def stack(self, a, b, pads: list[int]):
+        import torch
+
+        for la, lb in zip(a.layers, b.layers):
+            la.keys, la.values = (torch.cat([torch.nn.functional.pad(x, (0, 0, pads[0], 0)),
+                                             torch.nn.functional.pad(y, (0, 0, pads[1], 0))])
+                                  for x, y in ((la.keys, lb.keys), (la.values, lb.values)))
+        return a
+
+    def crop_left(self, past, n: int):
+        for layer in past.layers:
+            layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
+        return past
+
 
 class OnnxBackend:
     mixes_adapters = False
+    joins_running = True
 
     def __init__(self, snapshot: Snapshot, cache_dir: Path):
         from transformers import AutoConfig
@@ -92,3 +110,10 @@ class OnnxBackend:
 
     def select(self, past, rows: list[int]):
         return [p[rows] for p in past]
+
+    def stack(self, a, b, pads: list[int]):
+        left = lambda x, n: np.pad(x, ((0, 0), (0, 0), (n, 0), (0, 0)))  # noqa: E731 - [batch, heads, positions, dim]
+        return [np.concatenate([left(x, pads[0]), left(y, pads[1])]) for x, y in zip(a, b)]
+
+    def crop_left(self, past, n: int):
+        return [p[:, :, n:] for p in past]

@@ -57,7 +57,7 @@ def serve_one_request_per_category(source=None, categories: tuple[str, ...] | No
             time.sleep(0.2)
         with urllib.request.urlopen(f"{base}/health", timeout=30) as response:  # /health shows no paths without a key
             print(f"serve: shim on {base} ({json.loads(response.read())['status']}, {app.state.engine.snapshot.source})")
-        served = set(app.state.engine.snapshot.adapters)
+        served = set(app.state.engine.served)  # less any adapter the backend refused
         for category in categories or CATEGORIES:
             if category not in served:  # the gate kept its candidate out of `champion`: nothing local to ask
                 print(f"serve {category}: no champion registered, requests escalate to Claude")
