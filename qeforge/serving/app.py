@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 import threading
-import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -69,8 +69,8 @@ class Metrics:
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.batch_rows = Histogram("qeforge_generation_batch_rows", "Rows in the batch a local answer came from",
                                     registry=r, buckets=(1, 2, 4, 8, 16, 32, 64))
-        self.queue = Histogram("qeforge_generation_queue_seconds", "Waiting for a generation batch", registry=r,
-                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.queue = Histogram("qeforge_generation_queue_seconds", "Submitted until it started or joined a batch",
+                               registry=r, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.routing = Histogram("qeforge_routing_decision_seconds", "Signal computation + threshold compare",
                                  ["signal"], registry=r, buckets=fine)
         self.tokens = Counter("qeforge_generated_tokens", "Tokens generated locally", ["category"], registry=r)
