@@ -11,7 +11,7 @@
 Uses the embedded artefacts (.qeforge/models) when present, else builds tiny ones in a temp dir; the
 SmolLM2 adapters are random LoRAs (r=16, one seed per category), so their answers differ.
 
-    python -m bench.serving [--max-tokens 32] [--smol-max-tokens 16] [--skip-smol] [--skip-knn]
+    python -m bench.serving [--max-tokens 32] [--smol-max-tokens 16] [--models tiny,smollm2] [--skip-knn]
 """
 
 from __future__ import annotations
@@ -109,15 +109,19 @@ def smol_artefacts(tmp: Path) -> tuple[str, dict[str, Path]] | None:
     return str(base), random_adapters(base, tmp / "smol", LORA_TARGETS["llama"], 0.01)
 
 
-def start_server(base: str, adapters: dict[str, Path], port: int, max_batch: int | None = None) -> subprocess.Popen:
+def launch_server(base: str, adapters: dict[str, Path], port: int, max_batch: int | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "qeforge.cli", "serve", "--port", str(port), "--base", base]
     for c, p in adapters.items():
         cmd += ["--adapter", f"{c}={p}"]
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "QEFORGE_API_KEY")}
     if max_batch is not None:
         env["QEFORGE_MAX_BATCH"] = str(max_batch)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_up(proc: subprocess.Popen, port: int, seconds: float = 900) -> subprocess.Popen:
+    """SmolLM2 + 4 adapters took over 300 s to load with the 2 cores at load 8."""
+    deadline = time.time() + seconds
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
@@ -129,6 +133,10 @@ def start_server(base: str, adapters: dict[str, Path], port: int, max_batch: int
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not come up")
+
+
+def start_server(base: str, adapters: dict[str, Path], port: int, max_batch: int | None = None) -> subprocess.Popen:
+    return wait_until_up(launch_server(base, adapters, port, max_batch), port)
 
 
 def free_port() -> int:
@@ -168,11 +176,13 @@ def serialized_vs_batched(base: str, adapters: dict[str, Path], max_tokens: int)
     cats = list(adapters)
     modes = {"serialized": 1, "batched": None}
     ports = {mode: free_port() for mode in modes}
-    procs = {}
     out = {mode: {} for mode in modes}
+    procs = {}
     try:
         for mode, max_batch in modes.items():
-            procs[mode] = start_server(base, adapters, ports[mode], max_batch)
+            procs[mode] = launch_server(base, adapters, ports[mode], max_batch)
+        for mode in modes:
+            wait_until_up(procs[mode], ports[mode])
             load(f"http://127.0.0.1:{ports[mode]}", [(c, SNIPPETS[0]) for c in cats], 1, max_tokens)  # warm-up
         for n in CONCURRENCY:
             plan = [(cats[i % len(cats)], SNIPPETS[i % len(SNIPPETS)]) for i in range(max(8, 2 * n))]
@@ -234,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=32, help="new tokens per request, tiny model")
     parser.add_argument("--smol-max-tokens", type=int, default=16, help="new tokens per request, SmolLM2")
-    parser.add_argument("--skip-smol", action="store_true")
+    parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
     parser.add_argument("--skip-knn", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -246,12 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base, adapters, origin = artefacts(tmp)
-        print(f"tiny/{origin}: {base}", file=sys.stderr, flush=True)
-        report["tiny"] = {"origin": origin, "max_tokens": args.max_tokens,
-                          **serialized_vs_batched(base, adapters, args.max_tokens)}
+        if "tiny" in args.models:
+            print(f"tiny/{origin}: {base}", file=sys.stderr, flush=True)
+            report["tiny"] = {"origin": origin, "max_tokens": args.max_tokens,
+                              **serialized_vs_batched(base, adapters, args.max_tokens)}
         if not args.skip_knn:
             report["knn_similarity_routing_ms"] = knn_routing(base, adapters, tmp)
-        smol = None if args.skip_smol else smol_artefacts(tmp)
+            print(json.dumps(report["knn_similarity_routing_ms"]), file=sys.stderr, flush=True)
+        smol = smol_artefacts(tmp) if "smollm2" in args.models else None
         if smol is not None:
             print(f"smollm2: {smol[0]}", file=sys.stderr, flush=True)
             report["smollm2_135m"] = {"max_tokens": args.smol_max_tokens,
