@@ -28,7 +28,6 @@ from qeforge.evaluation.spec import EvalSpec
 from qeforge.signals import SIGNALS, KnownGood, knn_similarity, user_text
 
 
-
 def approx_tokens(text: str) -> int:
     # Claude bills its own tokens; ~4 characters per token is Anthropic's rule of thumb for English and code.
     return max(1, math.ceil(len(text) / 4))
