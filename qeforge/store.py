@@ -138,28 +138,3 @@ def write_known_good(db, ids, categories, qualities, vectors, dataset_version: s
         }
     )
     return db.create_table(KNOWN_GOOD, data=table, mode="overwrite")
-
-
-def nearest_known_good(db, category: str, vectors) -> np.ndarray:
-    """Cosine similarity of each (unit) vector to its nearest known-good trajectory of `category`; -1 if none."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    out = np.full(len(vectors), -1.0, dtype=np.float32)
-    if not len(vectors) or KNOWN_GOOD not in db.table_names():
-        return out
-    if "'" in category:
-        raise ValueError(f"invalid category {category!r}")
-    hits = (
-        db.open_table(KNOWN_GOOD)
-        .search(list(vectors))
-        .metric("cosine")
-        .where(f"category = '{category}'", prefilter=True)
-        .limit(1)
-        .select(["id", "_distance"])
-        .to_pandas()
-    )
-    if hits.empty:
-        return out
-    # A one-vector search has no query_index column. Cosine distance = 1 - cosine similarity.
-    index = hits["query_index"].to_numpy() if "query_index" in hits else np.zeros(len(hits), dtype=int)
-    out[index] = 1.0 - hits["_distance"].to_numpy()
-    return out

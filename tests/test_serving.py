@@ -98,7 +98,7 @@ def test_openai_client_gets_each_categorys_answer_and_route(server, expected):
         assert {k: route[k] for k in fields} | {"confidence": None} == {"category": c, "adapter_version": "v1", "signal": "mean_logprob",
                                                 "confidence": None, "threshold": "-inf", "decision": "local",
                                                 "policy_version": "p-test"}
-        assert isinstance(route["confidence"], float) and route["timings_ms"]["switch"] >= 0
+        assert isinstance(route["confidence"], float) and route["batch_rows"] >= 1 and route["timings_ms"]["queue"] >= 0
         header = raw.headers["X-QEForge-Route"]
         assert f"category={c}; decision=local;" in header and "threshold=-inf; adapter_version=v1" in header
     # auto model with an explicit category; max_completion_tokens is honoured like max_tokens
@@ -109,8 +109,8 @@ def test_openai_client_gets_each_categorys_answer_and_route(server, expected):
     assert health["status"] == "ok" and health["adapters"] == {c: "v1" for c in SERVED} and health["backend"] == "torch"
     assert "base_model" not in health  # no API key configured, so nobody is shown host paths
     metrics = httpx.get(f"{server.url}/metrics").text
-    for name in ("qeforge_requests_total", "qeforge_request_latency_seconds", "qeforge_adapter_switch_seconds",
-                 "qeforge_routing_decision_seconds", "qeforge_generated_tokens_total"):
+    for name in ("qeforge_requests_total", "qeforge_request_latency_seconds", "qeforge_generation_batch_rows",
+                 "qeforge_generation_queue_seconds", "qeforge_routing_decision_seconds", "qeforge_generated_tokens_total"):
         assert name in metrics
 
 
@@ -372,7 +372,8 @@ HOSTILE_BODIES = {  # name: (raw body, expected status, expected param)
     "tools": (_raw(tools='[{"type": "function", "function": {"name": "f"}}]'), 400, "tools"),
     "n 2": (_raw(n="2"), 400, "n"),
     "stream true": (_raw(stream="true"), 400, "stream"),
-    "stop": (_raw(stop='["x"]'), 400, "stop"),
+    "stop an empty string": (_raw(stop='""'), 400, "stop"),
+    "stop 5 sequences": (_raw(stop='["a", "b", "c", "d", "e"]'), 400, "stop"),
     "a JSON array": (b"[]", 400, None),
     "invalid UTF-8": (b'{"model": "\xff\xfe"}', 400, None),
     "nested 10,000 deep": (b'{"model": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400, None),

@@ -6,11 +6,14 @@ the base model on the same prompts, so adapter-vs-base differs by the adapter on
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from qeforge import signals
 
 # Chat-turn terminators of the Phi-3 (<|end|>) and Phi-4 (<|im_end|>) templates.
 STOP_TOKENS = ("<|end|>", "<|im_end|>")
@@ -96,14 +99,12 @@ def generate(
                 return_dict_in_generate=True,
             )
             new = out.sequences[:, enc["input_ids"].shape[1] :]
-            logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            # scores[step]: that step's logits for every row; the signal is computed as the shim computes it.
+            logprobs = np.stack([signals.token_logprobs(s.float().numpy(), t) for s, t in zip(out.scores, new.T.numpy())], 1)
             for i, row, lp, prompt_ids in zip(rows, new.tolist(), logprobs, ids):
-                # Count tokens up to and including the first stop token; the rest is padding.
-                n = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
+                n = signals.answer_length(row, stops)  # the rest of the row is padding
                 text = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-                lp_used = lp[:n].float()
-                mean_lp = float(lp_used.mean()) if n else -math.inf
-                results[i] = Generation(text, mean_lp, len(prompt_ids), n)
+                results[i] = Generation(text, signals.mean_logprob(lp[:n]), len(prompt_ids), n)
             if progress:
                 progress(len(results), len(conversations), time.perf_counter() - started)
     return [results[i] for i in range(len(prompts))]

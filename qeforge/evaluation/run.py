@@ -25,8 +25,7 @@ from qeforge.evaluation.sandbox import isolation_summary
 from qeforge.evaluation.references import resolve_truths
 from qeforge.evaluation.scoring import score_outputs
 from qeforge.evaluation.spec import EvalSpec
-
-SIGNALS = ("mean_logprob", "knn_similarity")  # generation confidence; similarity to the nearest known-good trajectory
+from qeforge.signals import SIGNALS, KnownGood, knn_similarity, user_text
 
 
 def approx_tokens(text: str) -> int:
@@ -66,10 +65,6 @@ def is_claude(model: str) -> bool:
     return model.lower().startswith("claude")
 
 
-def _user_text(prompt: list[dict]) -> str:
-    return "\n".join(m["content"] for m in prompt if m["role"] == "user")
-
-
 def evaluate_category(
     spec: EvalSpec,
     dataset_dir: Path,
@@ -82,10 +77,10 @@ def evaluate_category(
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Generate with the adapter (tune + eval splits) and the base (eval split); score them and Claude."""
-    from qeforge import store
     from qeforge.embedding import embed_texts
 
     model, tokenizer = load_adapter_model(base_model, adapter_dir)
+    known_good = KnownGood(db)
     max_new = int(spec.generation.get("max_new_tokens", 128))
     frames = []
     for split in (spec.tune_split, spec.eval_split):
@@ -105,11 +100,10 @@ def evaluate_category(
             "recorded_model": [e["model"] for e in examples],
             "claude_reference": [is_claude(e["model"]) for e in examples],
             "mean_logprob": [g.mean_logprob for g in adapter_out],
-            "input_tokens": [approx_tokens(_user_text(e["prompt"])) for e in examples],
+            "input_tokens": [approx_tokens(user_text(e["prompt"])) for e in examples],
             "claude_output_tokens": [approx_tokens(e["reference"]) for e in examples],
         })
-        vectors = embed_texts([_user_text(p) for p in prompts])
-        frame["knn_similarity"] = store.nearest_known_good(db, spec.task, vectors)
+        frame["knn_similarity"] = knn_similarity(known_good, spec.task, prompts, embed_texts)
 
         # Ground truth once per example: the same for every model scored on it.
         truths = resolve_truths(spec, examples, workers=workers)

@@ -59,11 +59,16 @@ class ChatRequest(BaseModel):
     stream: StrictBool | None = False
     logprobs: StrictBool | None = None
     metadata: dict[str, StrictStr] | None = None  # OpenAI's metadata: string keys and values
+    stop: StrictStr | list[StrictStr] | None = None
+
+    def stop_strings(self) -> list[str]:
+        """OpenAI's `stop`: one string or up to 4; the local answer ends before the first one it contains."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 # OpenAI fields the shim does not implement: any value but null gets a 400 naming the field.
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format",
-               "stop", "top_logprobs", "logit_bias", "audio", "modalities", "prediction", "stream_options")
+               "top_logprobs", "logit_bias", "audio", "modalities", "prediction", "stream_options")
 
 
 class BadRequest(Exception):
@@ -155,6 +160,8 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, list[dict]]:
         raise BadRequest(400, "streaming is not supported", param="stream", code="unsupported_parameter")
     if body.n not in (None, 1):
         raise BadRequest(400, "only n=1 is supported", param="n", code="unsupported_parameter")
+    if len(body.stop_strings()) > 4 or "" in body.stop_strings():
+        raise BadRequest(400, "'stop' takes 1 to 4 non-empty strings", param="stop")
     if body.logprobs:
         raise BadRequest(400, "logprobs are not returned by this server", param="logprobs", code="unsupported_parameter")
     return body, data["messages"]
