@@ -187,8 +187,11 @@ def _failures(instance, records) -> str:
 
 
 def _finished(records, **tags):
-    """Run records whose tags include these, once every one of them has finished."""
-    matching = [r for r in records if all(r.dagster_run.tags.get(k) == v for k, v in tags.items())]
+    """Run records whose tags include these, once every one of them has finished. Retries (dagster.yaml
+    retries a failed run twice; a category run fails when the champion gate keeps its adapter out) carry
+    their parent's tags and are left out: these are the runs the sensors and the schedule requested."""
+    matching = [r for r in records if all(r.dagster_run.tags.get(k) == v for k, v in tags.items())
+                and "dagster/retry_number" not in r.dagster_run.tags]
     return matching if matching and all(r.dagster_run.is_finished for r in matching) else None
 
 
