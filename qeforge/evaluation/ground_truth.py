@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+from qeforge.evaluation.pyparse import parse
 
 FENCE = re.compile(r"```[ \t]*([\w+#-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 PYTHON_TAGS = {"", "python", "py", "python3"}
@@ -38,7 +39,7 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
 
 def parses(code: str) -> ast.Module | None:
     try:
-        return ast.parse(code)
+        return parse(code)
     except (SyntaxError, ValueError):
         return None
 

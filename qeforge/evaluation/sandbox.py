@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from qeforge.evaluation import sandbox_harness
+from qeforge.evaluation.pyparse import parse
 from qeforge.evaluation.sandbox_harness import TEST_FILE
 
 STARTUP_GRACE_S = 5.0  # interpreter, pytest and coverage imports on a busy machine
@@ -190,7 +191,7 @@ _MIRROR = {ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE}
 def _normalise(source: str) -> str:
     """The source as `ast.unparse` writes it, as mutants are written: formatting tells nothing apart."""
     try:
-        return ast.unparse(ast.parse(source))
+        return ast.unparse(parse(source))
     except (SyntaxError, ValueError, RecursionError):
         return source
 
@@ -201,7 +202,7 @@ def control_variant(source: str) -> str:
     of the module and of every function body. A suite that fails it detects the code (a hash, its
     text, its size, its bytecode) instead of testing behaviour, and gets no mutation credit."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except (SyntaxError, ValueError, RecursionError):
         return source
     for node in ast.walk(tree):

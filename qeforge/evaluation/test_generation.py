@@ -14,6 +14,7 @@ import re
 
 from qeforge.evaluation.ground_truth import suite_module
 from qeforge.evaluation.sandbox import SandboxLimits, run_tests
+from qeforge.evaluation.pyparse import compile_module, parse
 
 DEFAULT_RUBRIC = {"coverage": 40, "edge_cases": 30, "syntax": 15, "logic": 15}
 
@@ -36,7 +37,7 @@ def extract_tests(output: str) -> str | None:
             return match.group(2)
     if "def test_" in output:
         try:
-            ast.parse(output)
+            parse(output)
         except SyntaxError:
             return None
         return output
@@ -47,8 +48,8 @@ def _defines_tests(source: str) -> bool:
     """Compiles (compile() also catches what the parser lets through, e.g. a stray `return`)
     and defines at least one test_ function (a pytest function or a unittest method)."""
     try:
-        tree = ast.parse(source)
-        compile(tree, "test_generated.py", "exec")
+        tree = parse(source)
+        compile_module(tree, "test_generated.py")
     except (SyntaxError, ValueError):
         return False
     return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test_") for n in ast.walk(tree))
@@ -70,7 +71,7 @@ def _sites(tree: ast.AST) -> dict[str, list[tuple[int, int]]]:
 
 
 def _mutate(source: str, index: int, op_index: int) -> str:
-    tree = ast.parse(source)
+    tree = parse(source)
     node = next(itertools.islice(ast.walk(tree), index, None))
     if isinstance(node, ast.Compare):
         node.ops[op_index] = _SWAP_COMPARE[type(node.ops[op_index])]()
@@ -89,7 +90,7 @@ def make_mutants(focal_source: str, n: int = 3, seed: int = 0) -> list[str]:
     Kinds take turns (comparison flip, arithmetic swap, negated condition, constant + 1), so
     a module full of numeric literals still gets its comparisons and branches mutated."""
     try:
-        tree = ast.parse(focal_source)
+        tree = parse(focal_source)
     except SyntaxError:
         return []
     original = ast.unparse(tree)
@@ -111,7 +112,7 @@ def make_mutants(focal_source: str, n: int = 3, seed: int = 0) -> list[str]:
 
 def _compiles(source: str) -> bool:
     try:
-        compile(source, "mutant.py", "exec")
+        compile_module(source, "mutant.py")
     except (SyntaxError, ValueError):
         return False
     return True
