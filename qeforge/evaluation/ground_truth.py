@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+
 from qeforge.evaluation.pyparse import parse
 
 FENCE = re.compile(r"```[ \t]*([\w+#-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)

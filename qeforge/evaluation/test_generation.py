@@ -13,8 +13,8 @@ import random
 import re
 
 from qeforge.evaluation.ground_truth import suite_module
-from qeforge.evaluation.sandbox import SandboxLimits, run_tests
 from qeforge.evaluation.pyparse import compile_module, parse
+from qeforge.evaluation.sandbox import SandboxLimits, run_tests
 
 DEFAULT_RUBRIC = {"coverage": 40, "edge_cases": 30, "syntax": 15, "logic": 15}
 
