@@ -22,17 +22,22 @@ def build_base(root: Path) -> Path:
 
 def random_adapter(base: Path, out: Path, seed: int) -> Path:
     """A LoRA adapter whose lora_B weights are random: each seed answers differently."""
+    return _random_lora(base, out, seed, targets=LORA_TARGETS, r=4, scale=0.5)
+
+
+def _random_lora(base: Path, out: Path, seed: int, *, targets: list[str], r: int, scale: float) -> Path:
+    """LoRA r on `targets` with lora_B drawn from N(0, scale^2): a zero lora_B (peft's init) changes nothing."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, lora_dropout=0.0))
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
     model.save_pretrained(out)
     return out
 
@@ -68,18 +73,6 @@ def build_llama_base(root: Path, seed: int = 0) -> Path:
 
 def random_llama_adapter(base: Path, out: Path, seed: int) -> Path:
     """LoRA r=8 on the 7 llama modules with random lora_B, so it changes the answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from qeforge.training.lora_targets import LORA_TARGETS as BY_ARCH
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=BY_ARCH["llama"], lora_dropout=0.0))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    model.save_pretrained(out)
-    return out
+    return _random_lora(base, out, seed, targets=BY_ARCH["llama"], r=8, scale=0.3)
