@@ -13,6 +13,12 @@ category_job = dg.define_asset_job(
         "lora_adapter", "adapter_evaluation", "routing_policy", "registered_adapter", "champion_adapter"
     ),
     partitions_def=category_partitions,
-    tags={"qeforge/stage": "training"},  # dagster.yaml lets one such run hold the machine at a time
+    tags={
+        "qeforge/stage": "training",  # dagster.yaml lets one such run hold the machine at a time
+        # A failed step here is a verdict (champion_gate) or a deterministic error: re-running it
+        # from the failure would only register the same candidate again. MLflow outages are retried
+        # inside the step (mlflow_retries); a crashed run worker is still retried by run_retries.
+        "dagster/retry_on_asset_or_op_failure": "false",
+    },
 )
 routing_job = dg.define_asset_job("routing", selection=dg.AssetSelection.assets("routing_policies"))

@@ -96,3 +96,19 @@ def test_only_an_unreachable_mlflow_retries_the_step():
     with pytest.raises(KeyError):
         with mlflow_retries():
             raise KeyError("ci_low")
+
+
+@pytest.mark.parametrize(("job_name", "retried"), [("category", False), ("curation", True)])
+def test_run_retries_skip_a_failed_category_step_but_not_a_failed_curation_step(job_name, retried):
+    """A failed champion_gate fails its step; retrying it would register the same candidate again."""
+    from dagster._core.events import RunFailureReason
+    from dagster._core.execution.retries import auto_reexecution_should_retry_run
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+    job = defs.resolve_job_def(job_name)
+    retries = {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": True}  # as dagster_home/dagster.yaml
+    with dg.instance_for_test(overrides={"run_retries": retries}) as instance:
+        run = instance.add_run(DagsterRun(job_name=job_name, run_id="a" * 32, status=DagsterRunStatus.FAILURE,
+                                          tags=dict(job.tags)))
+        assert auto_reexecution_should_retry_run(instance, run, RunFailureReason.STEP_FAILURE) is retried
+        assert auto_reexecution_should_retry_run(instance, run, RunFailureReason.UNEXPECTED_TERMINATION) is True
