@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.adapters import random_lora
 from qeforge.categories import CATEGORIES
 
 SNIPPETS = [
@@ -50,23 +51,9 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def random_adapters(base: str | Path, root: Path, targets: list[str], scale: float) -> dict[str, Path]:
-    """One LoRA per category with random lora_B (seed = its index): each answers differently."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    adapters = {}
-    for i, c in enumerate(CATEGORIES):
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=16, lora_alpha=32,
-                                                                                      target_modules=targets))
-        gen = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=gen) * scale)
-        adapters[c] = root / "adapters" / c / "random"
-        model.save_pretrained(adapters[c])
-    return adapters
+    """One random LoRA per category (seed = its index): each answers differently."""
+    return {c: random_lora(base, root / "adapters" / c / "random", i, targets=targets, scale=scale)
+            for i, c in enumerate(CATEGORIES)}
 
 
 def tiny_artefacts(root: Path) -> tuple[str, dict[str, Path]]:

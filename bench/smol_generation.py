@@ -60,25 +60,6 @@ def latest_smol_adapter() -> Path | None:
     return Path(found["adapter_dir"]) if found and "SmolLM2" in str(found["base_model"]) else None
 
 
-def random_adapter(base: Path, out: Path) -> Path:
-    """r=16 on the 7 llama modules with small random B (a fresh LoRA has B = 0 and changes nothing)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from qeforge.training.lora_targets import LORA_TARGETS
-
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=16, lora_alpha=32,
-                                                                                   target_modules=LORA_TARGETS["llama"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.01)
-    model.save_pretrained(out)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=16)
@@ -91,16 +72,19 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
+    from bench.adapters import random_lora
     from bench.smol_training import smol_base
     from qeforge.evaluation.generate import generate, load_adapter_model
     from qeforge.serving.onnx_runtime import OnnxCausalLM, _load_merged, check_parity, export_merged
+    from qeforge.training.lora_targets import LORA_TARGETS
 
     base = smol_base()
     tokenizer = AutoTokenizer.from_pretrained(base)
     convos = chat_prompts(args.prompts)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        adapter = Path(args.adapter) if args.adapter else (latest_smol_adapter() or random_adapter(base, tmp / "adapter"))
+        adapter = Path(args.adapter) if args.adapter else latest_smol_adapter()
+        adapter = adapter or random_lora(base, tmp / "adapter", 0, targets=LORA_TARGETS["llama"], scale=0.01)
         print(f"base {base.name}, adapter {adapter}; {torch.get_num_threads()} torch threads")
         seq_ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False) for c in convos[:args.sequential]]
         n_seq = args.sequential * args.tokens

@@ -5,13 +5,16 @@ import json
 
 import pytest
 
+from bench.adapters import random_lora
+from tiny_models import LORA_TARGETS
+
 pytestmark = pytest.mark.slow  # builds tiny models and exports them
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+LORA = {"targets": LORA_TARGETS, "r": 8, "scale": 0.1}
 TEXTS = [
     "<|user|>\nWrite pytest tests for add(a, b).<|end|>\n"
     "<|assistant|>\ndef test_add():\n    assert add(1, 2) == 3<|end|>\n",
@@ -33,26 +36,10 @@ def base(tmp_path_factory):
     return str(out)
 
 
-def make_adapter(base, out, seed):
-    """A LoRA adapter whose lora_B is random instead of zero, so it really changes the logits."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    config = LoraConfig(r=8, target_modules=TARGETS)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.1)
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapters(base, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    return make_adapter(base, root / "a", seed=1), make_adapter(base, root / "b", seed=2)
+    return random_lora(base, root / "a", 1, **LORA), random_lora(base, root / "b", 2, **LORA)
 
 
 @pytest.fixture(scope="module")

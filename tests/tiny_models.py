@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.adapters import random_lora
+
 LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
@@ -22,24 +24,7 @@ def build_base(root: Path) -> Path:
 
 def random_adapter(base: Path, out: Path, seed: int) -> Path:
     """A LoRA adapter whose lora_B weights are random: each seed answers differently."""
-    return _random_lora(base, out, seed, targets=LORA_TARGETS, r=4, scale=0.5)
-
-
-def _random_lora(base: Path, out: Path, seed: int, *, targets: list[str], r: int, scale: float) -> Path:
-    """LoRA r on `targets` with lora_B drawn from N(0, scale^2): a zero lora_B (peft's init) changes nothing."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    model.save_pretrained(out)
-    return out
+    return random_lora(base, out, seed, targets=LORA_TARGETS, r=4, scale=0.5)
 
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -75,4 +60,4 @@ def random_llama_adapter(base: Path, out: Path, seed: int) -> Path:
     """LoRA r=8 on the 7 llama modules with random lora_B, so it changes the answers."""
     from qeforge.training.lora_targets import LORA_TARGETS as BY_ARCH
 
-    return _random_lora(base, out, seed, targets=BY_ARCH["llama"], r=8, scale=0.3)
+    return random_lora(base, out, seed, targets=BY_ARCH["llama"], r=8, scale=0.3)
