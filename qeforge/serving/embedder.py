@@ -3,7 +3,9 @@
 sentence-transformers takes ~15 ms to embed one short prompt on a shared core; this graph takes
 ~6 ms (measured on 2 shared cores, 1 thread, a 19-token snippet), with the same vectors: mean
 pooling and normalization are inside the graph, and the export is refused unless its vectors match
-sentence-transformers' within 1e-5 (measured: 1.4e-7).
+sentence-transformers' within 1e-5 (measured: 2.0e-7). Fusing the graph for ONNX Runtime saves
+only ~4% CPU (17 tokens: 7.6 -> 7.3 ms, 38 tokens: 12.8 -> 12.3 ms, beside a training run): the
+MatMuls are the cost, ~0.36 GFLOP for 17 tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 MODEL_FILE = "minilm.onnx"
 INFO_FILE = "export_info.json"
 PARITY_ATOL = 1e-5
+GRAPH = "ort_fused"  # what export_encoder writes; a cache written before the fusion is exported again
 PARITY_TEXTS = ["def add(a, b):\n    return a + b", "Why is test_login flaky? It sleeps 0.1 s and polls.", "x"]
 
 
@@ -27,13 +30,15 @@ def _model_dir() -> Path:
 
 def export_encoder(out_dir: str | Path) -> Path:
     """out_dir/minilm.onnx (input_ids, attention_mask -> unit sentence_embedding); skipped when done."""
+    import onnx_ir
     import torch
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
     from transformers import AutoModel
 
     from qeforge.embedding import embed_texts
 
     out = Path(out_dir)
-    if (out / INFO_FILE).exists():
+    if (out / INFO_FILE).exists() and json.loads((out / INFO_FILE).read_text()).get("graph") == GRAPH:
         return out
     bert = AutoModel.from_pretrained(str(_model_dir())).eval()
 
@@ -58,11 +63,15 @@ def export_encoder(out_dir: str | Path) -> Path:
                                 input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
                                 dynamic_shapes={"input_ids": {0: dyn, 1: dyn}, "attention_mask": {0: dyn, 1: dyn}})
     out.mkdir(parents=True, exist_ok=True)
-    program.save(str(out / MODEL_FILE))
+    # ONNX Runtime's fused kernels (Attention, SkipLayerNormalization, BiasGelu: 6 + 12 + 6 here) in
+    # place of the ~20 small ops each stands for; the parity check below covers the rewrite too.
+    fused, _ = optimize_for_ort(program.model)
+    onnx_ir.save(fused, str(out / MODEL_FILE))
     diff = float(np.abs(OnnxEncoder(out)(PARITY_TEXTS) - embed_texts(PARITY_TEXTS)).max())
     if not diff <= PARITY_ATOL:
         raise RuntimeError(f"MiniLM ONNX export differs from sentence-transformers by {diff:.2e} (> {PARITY_ATOL})")
-    (out / INFO_FILE).write_text(json.dumps({"max_abs_diff_vs_sentence_transformers": diff, "atol": PARITY_ATOL}))
+    (out / INFO_FILE).write_text(json.dumps({"graph": GRAPH, "max_abs_diff_vs_sentence_transformers": diff,
+                                             "atol": PARITY_ATOL}))
     return out
 
 
