@@ -106,7 +106,7 @@ def main() -> None:
         print("\nlast `qeforge run --profile smol`, training per category:")
         print(f"{'category':20} {'train':>5} {'epochs':>6} {'steps':>5} {'tokens':>7} {'train s':>8} {'wall s':>7} {'tokens/s':>8}")
         for r in rows:
-            print(f"{r['category']:20} {r['n_train']:5d} {r['epochs']:6} {r['global_step']:5d} {r['train_tokens'] or 0:7d} "
+            print(f"{r['category']:20} {r['n_train']:5d} {r['epochs']:6} {r['global_step']:5d} {int(r['train_tokens'] or 0):7d} "
                   f"{r['train_runtime_s'] or 0:8.0f} {r['wall_time_s'] or 0:7.0f} {r['tokens_per_second'] or 0:8.1f}")
     else:
         print("\n(no smol adapters under QEFORGE_HOME: run `qeforge run --profile smol` for the per-category times)")
