@@ -1,8 +1,9 @@
 """The main job: demo data -> the whole asset graph -> one served answer per category.
 
 An entry point above the Dagster wiring, like the CLI. Runs land in DAGSTER_HOME (default
-<repo>/dagster_home), so `dagster dev` shows them afterwards exactly as if they had been launched from the UI: the `curation` job, one `category` run per
-partition (train, evaluate, tune routing, register, gate), then the `routing` policy job.
+<repo>/dagster_home), so `dagster dev` shows them afterwards exactly as if they had been launched
+from the UI: the `curation` job, one `category` run per partition (train, evaluate, tune routing,
+register, gate), then the `routing` policy job.
 """
 
 from __future__ import annotations
