@@ -1,6 +1,7 @@
 """Typed resources. Empty fields mean the embedded default under QEFORGE_HOME."""
 
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ from qeforge.curation.gate import GateRules
 from qeforge.embedding import EMBEDDING_MODEL
 from qeforge.evaluation.routing import Prices
 from qeforge.locations import default_locations, is_uri, project_path
+from qeforge.serving.app import Settings
+from qeforge.serving.batching import DEFAULT_MAX_BATCH
+from qeforge.serving.engine import DEFAULT_MIN_CATEGORY_PROBABILITY
+from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL
+from qeforge.serving.requests import DEFAULT_MAX_BODY_BYTES
 from qeforge.training.adapters import latest_adapters
 
 # Defaults come from the library's dataclasses, so a default changes in one place.
@@ -187,6 +193,47 @@ class EvaluationSettings(dg.ConfigurableResource):
         return self.evals_path() / "routing_policies"
 
 
+class ServingSettings(dg.ConfigurableResource):
+    """The gateway (`qeforge serve`): where it listens, how it batches, when Claude answers instead.
+
+    Empty fields take their variable: QEFORGE_API_KEY, QEFORGE_MAX_BATCH, QEFORGE_MAX_BODY_BYTES,
+    QEFORGE_CLAUDE_MODEL, QEFORGE_FALLBACK. Escalation needs ANTHROPIC_API_KEY (and honours
+    ANTHROPIC_BASE_URL), read by the anthropic SDK."""
+
+    host: str = Field(default="127.0.0.1", description="bind address; loopback unless you mean to expose it")
+    port: int = 8000
+    api_key: str = Field(default="", description="require it ('Authorization: Bearer' or 'x-api-key'); empty: $QEFORGE_API_KEY")
+    backend: str = Field(default="torch", description="torch or onnx")
+    max_batch: int = Field(default=0, description="rows per generation batch, 1 serializes; 0: $QEFORGE_MAX_BATCH or 16")
+    max_body_bytes: int = Field(default=0, description="larger bodies get a 413; 0: $QEFORGE_MAX_BODY_BYTES or 4 MiB")
+    escalate: bool = Field(default=True, description="ask Claude when the local side cannot answer well (needs ANTHROPIC_API_KEY)")
+    claude_model: str = Field(default="", description="the Claude model asked for a name that is not claude-*; "
+                              f"empty: $QEFORGE_CLAUDE_MODEL or {DEFAULT_CLAUDE_MODEL}")
+    fallback: str = Field(default="", description='without Claude: "local" answers locally and marks it, "decline" '
+                          'answers 503 with the reason; empty: $QEFORGE_FALLBACK or "local"')
+    model_aliases: dict[str, str] = Field(default_factory=dict, description="model name -> category it pins")
+    min_category_probability: float = Field(default=DEFAULT_MIN_CATEGORY_PROBABILITY,
+                                            description='below it the classifier says "none" and the call escalates')
+
+    def settings(self, source, *, models_dir: Path, classifier_path: Path | None, db) -> Settings:
+        """The gateway's settings, every field resolved here once."""
+        env = os.environ
+        escalation = None
+        if self.escalate and env.get("ANTHROPIC_API_KEY"):
+            from qeforge.serving.escalation import ClaudeEscalation
+
+            escalation = ClaudeEscalation()
+        return Settings(
+            source=source, onnx_cache_dir=models_dir / "onnx", host=self.host, port=self.port,
+            api_key=self.api_key or env.get("QEFORGE_API_KEY") or None, backend=self.backend,
+            classifier_path=classifier_path, db=db,
+            max_batch=self.max_batch or int(env.get("QEFORGE_MAX_BATCH") or DEFAULT_MAX_BATCH),
+            max_body_bytes=self.max_body_bytes or int(env.get("QEFORGE_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
+            escalation=escalation, claude_model=self.claude_model or env.get("QEFORGE_CLAUDE_MODEL") or DEFAULT_CLAUDE_MODEL,
+            fallback=self.fallback or env.get("QEFORGE_FALLBACK") or "local", model_aliases=dict(self.model_aliases),
+            min_category_probability=self.min_category_probability)
+
+
 # The configured resources: Definitions, the CLI and the main job all read these, so a path or
 # option set here holds for `dagster dev`, `qeforge datasets show` and `qeforge serve` alike.
 RESOURCES = {
@@ -196,4 +243,5 @@ RESOURCES = {
     "curation": CurationSettings(),
     "training": TrainingSettings(),
     "evaluation": EvaluationSettings(),
+    "serving": ServingSettings(),
 }

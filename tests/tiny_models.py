@@ -61,3 +61,10 @@ def random_llama_adapter(base: Path, out: Path, seed: int) -> Path:
     from qeforge.training.lora_targets import LORA_TARGETS as BY_ARCH
 
     return random_lora(base, out, seed, targets=BY_ARCH["llama"], r=8, scale=0.3)
+
+
+def chat_call(model: str, messages: list[dict], **fields):
+    """An OpenAI-shaped chat request as the gateway's ChatCall: what tests hand Engine.complete."""
+    from qeforge.serving.openai_api import chat_call as from_openai
+
+    return from_openai({"model": model, "messages": messages, **fields})

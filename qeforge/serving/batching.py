@@ -86,6 +86,7 @@ class Generated:
     queue_s: float  # submitted -> its prefill began
     generate_s: float  # its prefill began -> its answer was ready
     batch_rows: int  # rows in the batch at its first step
+    stop_text: str | None = None  # the stop string that ended it, if one did
 
 
 class _Running:
@@ -256,24 +257,25 @@ class Batcher:
         return True
 
     @staticmethod
-    def _finished(r: GenerationRequest) -> tuple[str, str | None] | None:
-        """(finish_reason, the text when a stop string cut it) once the row is done, else None."""
+    def _finished(r: GenerationRequest) -> tuple[str, str | None, str | None] | None:
+        """(finish_reason, the text when a stop string cut it, that stop string) once the row is done, else None."""
         if r.tokens[-1] in r.state.stops:
-            return "stop", None
+            return "stop", None, None
         if r.stop_texts:
             text = r.state.tokenizer.decode(r.tokens, skip_special_tokens=True)
-            cut = min((i for i in (text.find(s) for s in r.stop_texts) if i >= 0), default=-1)
-            if cut >= 0:  # OpenAI's `stop`: the answer ends before the stop string
-                return "stop", text[:cut]
+            found = [(i, s) for s in r.stop_texts if (i := text.find(s)) >= 0]
+            if found:  # the answer ends before the first stop string it contains
+                cut, stop = min(found)
+                return "stop", text[:cut], stop
         if len(r.tokens) >= r.max_new:
-            return "length", None
+            return "length", None, None
         return None
 
     @staticmethod
-    def _answer(r: GenerationRequest, done: tuple[str, str | None]) -> None:
-        reason, text = done
+    def _answer(r: GenerationRequest, done: tuple[str, str | None, str | None]) -> None:
+        reason, text, stop = done
         if text is None:
             text = r.state.tokenizer.decode(r.tokens, skip_special_tokens=True)
         r.future.set_result(Generated(r.tokens, text.strip(), signals.mean_logprob(r.logprobs), reason,
                                       queue_s=r.started - r.submitted, generate_s=time.perf_counter() - r.started,
-                                      batch_rows=r.batch_rows))
+                                      batch_rows=r.batch_rows, stop_text=stop))

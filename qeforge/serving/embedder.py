@@ -92,6 +92,9 @@ class OnnxEncoder:
         opts.intra_op_num_threads = min(2, os.cpu_count() or 1)
         self.session = ort.InferenceSession(str(Path(onnx_dir) / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
 
+    def token_count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text).ids)
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         out = []
         for text in texts:

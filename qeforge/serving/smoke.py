@@ -22,14 +22,13 @@ def _post(url: str, body: dict) -> tuple[dict, dict]:
         return json.loads(response.read()), dict(response.headers)
 
 
-def serve_one_request_per_category(source, categories: tuple[str, ...] | None = None, db=None) -> bool:
-    """`source`: what to serve, `db`: the LanceDB the knn signal searches (the main job passes what its
-    resources point at)."""
-    from qeforge.serving.app import Settings, create_app
+def serve_one_request_per_category(settings, categories: tuple[str, ...] | None = None) -> bool:
+    """`settings`: the gateway's (app.Settings, as the main job's resources resolve them)."""
+    from qeforge.serving.app import create_app
     from qeforge.serving.background import BackgroundServer
 
     try:
-        app = create_app(Settings(host="127.0.0.1", source=source, db=db))
+        app = create_app(settings)
     except (FileNotFoundError, ValueError) as err:  # nothing promoted yet, or champions on different bases
         print(f"serve: nothing to serve: {err}")
         return False
@@ -58,7 +57,7 @@ def serve_one_request_per_category(source, categories: tuple[str, ...] | None = 
                 continue
             route = answer["qeforge"]
             text = answer["choices"][0]["message"]["content"].replace("\n", " ")[:70]
-            print(f"serve {category}: {route['decision']} (v{route['adapter_version']}, {route['signal']} "
+            print(f"serve {category}: {route['decision']} ({route['reason']}; {route['answered_by']}, {route['signal']} "
                   f"{route['confidence']} vs {route['threshold']}): {text!r}")
     finally:
         server.stop()
