@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from test_serving import MAX, PROMPT, SERVED, artefacts, make_engine, policy, serve  # noqa: F401 (fixtures)
+from tiny_models import chat_call
 
 PROMPTS = ["def add(a, b):\n    return a + b", "def f(x):\n    return x * 3",
            "def is_even(n):\n    return n % 2 == 0  # used by the parity check of the billing job"]
@@ -40,7 +41,7 @@ def test_one_batch_of_mixed_adapters_answers_like_one_at_a_time(artefacts, seria
 
     # Three adapters, three prompt lengths (so rows are left-padded), different max_tokens.
     cases = [(SERVED[i % 3], PROMPTS[i % 3], MAX + i % 4) for i in range(12)]
-    expected = [serial.complete(f"qeforge-{c}", conversation(c, p), max_tokens=n) for c, p, n in cases]
+    expected = [serial.complete(chat_call(f"qeforge-{c}", conversation(c, p), max_tokens=n)) for c, p, n in cases]
     assert len({e.text for e in expected}) >= len(SERVED) and {e.batch_rows for e in expected} == {1}
 
     batched = make_engine(artefacts, policy(), max_batch=16, max_wait_s=60)
@@ -51,7 +52,7 @@ def test_one_batch_of_mixed_adapters_answers_like_one_at_a_time(artefacts, seria
     got = [f.result(120) for f in futures]
     assert [g.batch_rows for g in got] == [len(cases)] * len(cases)  # one batch, so every row saw the others
     for (c, p, n), e, g in zip(cases, expected, got):
-        assert (g.text, g.finish_reason, len(g.tokens)) == (e.text, e.finish_reason, e.completion_tokens), (c, p, n)
+        assert (g.text, g.finish_reason, len(g.tokens)) == (e.text, e.choices[0].finish, e.completion_tokens), (c, p, n)
         assert len(g.tokens) <= n
         assert g.mean_logprob == pytest.approx(e.confidence, abs=1e-4)
 
@@ -75,19 +76,19 @@ def test_requests_that_join_a_running_batch_answer_like_one_at_a_time(artefacts,
     while batcher._step(running):
         pass
     for (c, p, n), r in zip(cases, requests):
-        got, want = r.future.result(0), serial.complete(f"qeforge-{c}", conversation(c, p), max_tokens=n)
-        assert (got.text, got.finish_reason, len(got.tokens)) == (want.text, want.finish_reason, want.completion_tokens)
+        got, want = r.future.result(0), serial.complete(chat_call(f"qeforge-{c}", conversation(c, p), max_tokens=n))
+        assert (got.text, got.finish_reason, len(got.tokens)) == (want.text, want.choices[0].finish, want.completion_tokens)
         assert got.mean_logprob == pytest.approx(want.confidence, abs=1e-4)
     assert [r.batch_rows for r in requests[:3]] == [1, 3, 3] and requests[3].batch_rows == requests[4].batch_rows >= 4
 
 
 def test_stop_strings_end_the_answer_before_them(serial):
     c = SERVED[0]
-    full = serial.complete(f"qeforge-{c}", PROMPT, max_tokens=MAX).text
+    full = serial.complete(chat_call(f"qeforge-{c}", PROMPT, max_tokens=MAX)).text
     stop = full[len(full) // 2: len(full) // 2 + 2]
     assert stop.strip(), full
-    r = serial.complete(f"qeforge-{c}", PROMPT, max_tokens=MAX, stop=["never appears", stop])
-    assert (r.text, r.finish_reason) == (full[:full.find(stop)].strip(), "stop")
+    r = serial.complete(chat_call(f"qeforge-{c}", PROMPT, max_tokens=MAX, stop=["never appears", stop]))
+    assert (r.text, r.choices[0].finish, r.choices[0].stop_sequence) == (full[:full.find(stop)].strip(), "stop", stop)
     assert r.completion_tokens <= MAX
 
 
@@ -101,13 +102,13 @@ def test_a_cancelled_request_is_dropped_and_its_batch_still_answers(artefacts, s
     gone = threading.Event()
     gone.set()
     with ThreadPoolExecutor(2) as pool, eng.batcher.arriving():
-        ok = pool.submit(eng.complete, f"qeforge-{SERVED[1]}", PROMPT, max_tokens=MAX)
-        dropped = pool.submit(eng.complete, f"qeforge-{SERVED[0]}", PROMPT, max_tokens=MAX, cancelled=gone)
+        ok = pool.submit(eng.complete, chat_call(f"qeforge-{SERVED[1]}", PROMPT, max_tokens=MAX))
+        dropped = pool.submit(eng.complete, chat_call(f"qeforge-{SERVED[0]}", PROMPT, max_tokens=MAX), gone)
         wait_for(lambda: eng.batcher.waiting == 2, "both requests to queue")
     with pytest.raises(ServingError) as err:
         dropped.result(60)
     assert (err.value.status, err.value.code) == (499, "client_closed")
-    assert ok.result(60).text == serial.complete(f"qeforge-{SERVED[1]}", PROMPT, max_tokens=MAX).text
+    assert ok.result(60).text == serial.complete(chat_call(f"qeforge-{SERVED[1]}", PROMPT, max_tokens=MAX)).text
 
 
 def test_a_client_that_disconnects_has_its_request_dropped(artefacts, serve):
@@ -123,7 +124,7 @@ def test_a_client_that_disconnects_has_its_request_dropped(artefacts, serve):
         wait_for(lambda: eng.batcher.waiting == 1, "the request to queue")
         client.close()
         wait_for(lambda: all(r.cancelled.is_set() for r in eng.batcher._backlog), "the shim to see the disconnect")
-    metric = 'qeforge_requests_total{category="none",decision="cancelled",status="499"} 1.0'
+    metric = 'qeforge_requests_total{protocol="openai",category="none",decision="cancelled",reason="client_closed",status="499"} 1.0'
     wait_for(lambda: metric in httpx.get(f"{s.url}/metrics").text, "the dropped request to be counted")
     r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": f"qeforge-{SERVED[0]}", "messages": PROMPT,
                                                           "max_tokens": MAX})
@@ -183,7 +184,7 @@ def test_onnx_backend_refuses_an_adapter_whose_model_fails_parity(artefacts, ser
     # `stale` is pointed at the graph of another adapter: what a stale or mixed-up export dir looks like.
     snap = replace(snap, adapters={c: replace(a, onnx_dir=onnx_dir) for c, a in snap.adapters.items()})
     with caplog.at_level(logging.ERROR, logger="qeforge.serving.backends"):
-        eng = Engine(FixedSource(snap), backend="onnx", escalation=None, onnx_cache_dir=tmp_path / "cache")
+        eng = Engine(FixedSource(snap), backend="onnx", fallback="decline", onnx_cache_dir=tmp_path / "cache")
     assert [r.message for r in caplog.records if stale in r.message and "does not match PyTorch" in r.message]
     assert good not in eng.refused
 
@@ -193,6 +194,6 @@ def test_onnx_backend_refuses_an_adapter_whose_model_fails_parity(artefacts, ser
     assert set(health["refused"]) == {stale} and "does not match PyTorch" in health["refused"][stale]
     assert {m["id"] for m in httpx.get(f"{s.url}/v1/models").json()["data"]} == {f"qeforge-{good}", "qeforge"}
     r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": f"qeforge-{stale}", "messages": PROMPT, "max_tokens": MAX})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "adapter_refused"
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_local_model"  # no Claude here: declined
     r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": f"qeforge-{good}", "messages": PROMPT, "max_tokens": MAX})
-    assert r.json()["choices"][0]["message"]["content"] == serial.complete(f"qeforge-{good}", PROMPT, max_tokens=MAX).text
+    assert r.json()["choices"][0]["message"]["content"] == serial.complete(chat_call(f"qeforge-{good}", PROMPT, max_tokens=MAX)).text
