@@ -214,6 +214,11 @@ class ServingSettings(dg.ConfigurableResource):
     model_aliases: dict[str, str] = Field(default_factory=dict, description="model name -> category it pins")
     min_category_probability: float = Field(default=DEFAULT_MIN_CATEGORY_PROBABILITY,
                                             description='below it the classifier says "none" and the call escalates')
+    registry_cache_dir: str = Field(default="", description="adapters fetched from a remote registry's artifacts; "
+                                    "empty: <QEFORGE_HOME>/serving/registry_cache")
+
+    def registry_cache_path(self) -> Path:
+        return project_path(self.registry_cache_dir or Path(default_locations().home) / "serving" / "registry_cache")
 
     def settings(self, source, *, models_dir: Path, classifier_path: Path | None, db) -> Settings:
         """The gateway's settings, every field resolved here once."""

@@ -181,7 +181,7 @@ def cmd_export_vllm(args) -> int:
     from qeforge.serving.vllm import vllm_lora_modules
 
     spec = vllm_lora_modules(resource("mlflow").resolved_tracking_uri(),
-                             cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+                             cache_dir=Path(args.cache_dir) if args.cache_dir else resource("serving").registry_cache_path())
     if args.json:
         print(json.dumps(spec, indent=2))
     else:
@@ -217,7 +217,8 @@ def _serve_source(args):
         return DirectorySource(base, adapters, policy or current_policy(policies_dir))
     if args.base or policy:
         return LatestLocalSource(adapters_dir, base_model=args.base, policy=policy, policies_dir=policies_dir)
-    return default_source(resource("mlflow").resolved_tracking_uri(), adapters_dir, policies_dir)
+    return default_source(resource("mlflow").resolved_tracking_uri(), adapters_dir, policies_dir,
+                          resource("serving").registry_cache_path())
 
 
 def cmd_serve(args) -> int:

@@ -115,7 +115,8 @@ def run_main_job(
         from qeforge.serving.smoke import serve_one_request_per_category
 
         started = time.time()
-        settings = RESOURCES["serving"].settings(RegistrySource(RESOURCES["mlflow"].resolved_tracking_uri()),
+        registry = RegistrySource(RESOURCES["mlflow"].resolved_tracking_uri(), cache_dir=RESOURCES["serving"].registry_cache_path())
+        settings = RESOURCES["serving"].settings(registry,
                                                  models_dir=RESOURCES["training"].models_path(), classifier_path=None, db=db)
         served = serve_one_request_per_category(settings, categories=categories)
         print(f"[{time.time() - started:.0f}s] serving smoke check: {'ok' if served else 'FAILED'}", flush=True)

@@ -127,12 +127,16 @@ def test_one_category_end_to_end_on_postgres_and_s3(postgres, s3, tmp_path, monk
     assert not (home / "lancedb").exists() and not (home / "mlflow").exists()
 
     # The shim serves the champion from the artifact store alone: the trained adapter directory is gone.
+    from pipelines.resources import RESOURCES
     from qeforge.serving.registry_source import RegistrySource
     from qeforge.serving.smoke import serve_one_request_per_category
 
     shutil.rmtree(home / "models" / "adapters")
     shutil.rmtree(home / "serving", ignore_errors=True)
-    assert serve_one_request_per_category(RegistrySource(), categories=(CATEGORY,))
+    serving = RESOURCES["serving"]
+    registry = RegistrySource(RESOURCES["mlflow"].resolved_tracking_uri(), cache_dir=serving.registry_cache_path())
+    settings = serving.settings(registry, models_dir=home / "models", classifier_path=None, db=RESOURCES["lancedb"].connect())
+    assert serve_one_request_per_category(settings, categories=(CATEGORY,))
     assert f"serve {CATEGORY}: " in capsys.readouterr().out
     assert list((home / "serving" / "registry_cache").rglob("adapter_model.safetensors"))
 

@@ -406,11 +406,13 @@ def test_sources_and_cli_arguments(artefacts, qe_home):
     assert snap.adapters[c].version == "v1" and snap.adapters[c].policy == {"signal": "mean_logprob", "threshold": "-inf"}
     with pytest.raises(ValueError):
         DirectorySource(artefacts["base"], {"cooking": path})
-    fallback = default_source()
+    fresh = qe_home / "fresh"  # nothing registered, nothing trained yet
+    fresh.mkdir(parents=True)
+    fallback = default_source(f"sqlite:///{fresh / 'mlflow.db'}", fresh / "adapters", fresh / "policies", fresh / "cache")
     assert isinstance(fallback, FirstAvailableSource)
     assert [type(s) for s in fallback.sources] == [RegistrySource, LatestLocalSource]
-    with pytest.raises(FileNotFoundError, match="RegistrySource.*LatestLocalSource"):  # a fresh QEFORGE_HOME: nothing yet
-        default_source().load()
+    with pytest.raises(FileNotFoundError, match="RegistrySource.*LatestLocalSource"):
+        fallback.load()
 
 
 def _raw(**fields) -> bytes:

@@ -6,15 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from qeforge.categories import CATEGORIES
-from qeforge.locations import default_locations, qeforge_home
 from qeforge.serving.source import ServedAdapter, Snapshot
 
 
 class RegistrySource:
-    def __init__(self, tracking_uri: str | None = None, *, alias: str = "champion", cache_dir: str | Path | None = None):
-        self.tracking_uri = tracking_uri or default_locations().mlflow_tracking_uri
-        self.alias = alias
-        self.cache_dir = Path(cache_dir or qeforge_home() / "serving" / "registry_cache")
+    def __init__(self, tracking_uri: str, *, cache_dir: str | Path, alias: str = "champion"):
+        """cache_dir: where adapters whose recorded directory is not on this machine are downloaded to."""
+        self.tracking_uri, self.cache_dir, self.alias = tracking_uri, Path(cache_dir), alias
 
     def load(self) -> Snapshot:
         from qeforge.registry import client_for, policy_of, resolve_adapter, version_by_alias

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Protocol
 
 from qeforge.categories import CATEGORIES
-from qeforge.locations import default_locations
 from qeforge.training.adapters import latest_adapters
 
 # Without a policy every category answers locally: threshold -inf, signal mean_logprob.
@@ -50,9 +49,10 @@ def read_policy(path: str | Path) -> dict:
     return load_policy(path) if path.is_dir() else json.loads(path.read_text())
 
 
-def current_policy(policies_dir: str | Path | None = None) -> dict | None:
-    root = Path(policies_dir or Path(default_locations().evals_dir) / "routing_policies")
-    return read_policy(root) if (root / "CURRENT").exists() else None
+def current_policy(policies_dir: str | Path | None) -> dict | None:
+    """The CURRENT routing policy under policies_dir, or None (no dir, or nothing written yet)."""
+    root = Path(policies_dir) if policies_dir else None
+    return read_policy(root) if root and (root / "CURRENT").exists() else None
 
 
 def recorded_base_model(adapter_dir: str | Path) -> str | None:
@@ -90,9 +90,9 @@ class DirectorySource:
 class LatestLocalSource:
     """The newest adapter per category under the adapters dir and the current routing policy, re-read per load."""
 
-    def __init__(self, adapters_dir: str | Path | None = None, base_model: str | None = None, policy: dict | None = None,
+    def __init__(self, adapters_dir: str | Path, base_model: str | None = None, policy: dict | None = None,
                  policies_dir: str | Path | None = None):
-        self.adapters_dir = Path(adapters_dir or default_locations().adapters_dir)
+        self.adapters_dir = Path(adapters_dir)
         self.base_model = base_model
         self.policy = policy
         self.policies_dir = policies_dir
@@ -125,11 +125,10 @@ class FirstAvailableSource:
         raise FileNotFoundError("nothing to serve: " + "; ".join(reasons))
 
 
-def default_source(tracking_uri: str | None = None, adapters_dir: str | Path | None = None,
-                   policies_dir: str | Path | None = None) -> AdapterSource:
+def default_source(tracking_uri: str, adapters_dir: str | Path, policies_dir: str | Path, cache_dir: str | Path) -> AdapterSource:
     """What `qeforge serve` serves without --adapter flags: the registry's champions, or, before
-    anything is registered, the latest local adapter per category. Locations left out: the defaults."""
+    anything is registered, the latest local adapter per category (locations: the resources')."""
     from qeforge.serving.registry_source import RegistrySource
 
-    return FirstAvailableSource(RegistrySource(tracking_uri),
+    return FirstAvailableSource(RegistrySource(tracking_uri, cache_dir=cache_dir),
                                 LatestLocalSource(adapters_dir, policies_dir=policies_dir))

@@ -15,7 +15,7 @@ from qeforge.categories import registered_model_name
 from qeforge.serving.registry_source import RegistrySource
 
 
-def vllm_lora_modules(tracking_uri: str | None = None, cache_dir: Path | None = None) -> dict:
+def vllm_lora_modules(tracking_uri: str, cache_dir: Path) -> dict:
     snapshot = RegistrySource(tracking_uri, cache_dir=cache_dir).load()
     modules, ranks = [], []
     for category, adapter in snapshot.adapters.items():
