@@ -60,7 +60,7 @@ SHAPES = {
         "generate": dict(prompt=512, new=128),
     },
     "tiny": {
-        # The test bases' size (tests/tiny_models.py), grouped KV heads like Phi-4's 40/10.
+        # 0.17M parameters, the test bases' scale (tests/tiny_models.py), grouped KV heads like Phi-4's 40/10.
         "model": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       tie_word_embeddings=False, sliding_window=None),
