@@ -174,7 +174,8 @@ def phi4_recipe(shape: dict, overrides: dict | None = None):
     from qeforge.training.recipes import recipe_path
     from qeforge.training.sft import load_recipe
 
-    return load_recipe(recipe_path("phi-4", CATEGORY), overrides={"bf16": shape["dtype"] == "bfloat16", **(overrides or {})})
+    bf16 = {"bf16": shape["dtype"] == "bfloat16"}
+    return load_recipe(recipe_path("phi-4", CATEGORY), overrides={**bf16, **(overrides or {})})
 
 
 def trained_modules(adapter_dir: Path) -> list[str]:
@@ -281,7 +282,8 @@ def serve_once(batcher, state: ServingState, rows: int, prompt: int, new: int, v
     t0 = time.perf_counter()
     with batcher.arriving():  # the batcher waits for all of them: one prefill of `rows` rows
         # Made here: a request's `submitted` (time to first token counts from it) is its creation.
-        requests = [GenerationRequest(CATEGORIES[i % len(CATEGORIES)], ids, new, (), state) for i, ids in enumerate(prompts)]
+        requests = [GenerationRequest(CATEGORIES[i % len(CATEGORIES)], ids, new, (), state)
+                    for i, ids in enumerate(prompts)]
         for r in requests:
             batcher.submit(r)
     answers = [r.future.result() for r in requests]
