@@ -56,7 +56,7 @@ SHAPES = {
         # of weights + ~3 GB of logits is ~90 GB of the 141. The recipe's 4 rows fit only with
         # checkpointing, which keeps one 2048 x 5120 bf16 layer input (21 MB) per layer per row.
         # 2 rows x 2 accumulated x 2,048 = 8,192 tokens per optimizer step; step 1 is warm-up, untimed.
-        "train": dict(max_length=2048, rows=2, accumulation=2, steps=4),
+        "train": dict(max_length=2048, rows=2, accumulation=2, steps=6),
         "generate": dict(prompt=512, new=128),
     },
     "tiny": {
