@@ -6,7 +6,8 @@ intermediate 17920, vocabulary 100352 (14.66B parameters, 29.3 GB), built direct
 as one JSON object:
   - train: the phi-4 test-generation recipe (LoRA r=16, alpha 32 on qkv_proj o_proj gate_up_proj
     down_proj, BFD-packed rows, bf16) through qeforge.training.sft.main, with and without activation
-    checkpointing: tokens/s, seconds per optimizer step, peak memory, MFU;
+    checkpointing, and as 4-bit QLoRA (NF4 base) where bitsandbytes is installed: tokens/s, seconds
+    per optimizer step, peak memory, MFU;
   - generate: four random r=16 adapters resident in serving's TorchBackend, fed by serving's Batcher at
     1, 4 and 16 concurrent rows (one adapter per row, round robin): output tokens/s, time to first
     token, seconds per decode step, peak memory, the adapters' resident bytes, MFU.
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.metadata
+import importlib.util
 import json
 import os
 import resource
@@ -110,6 +113,25 @@ def matmul_params(model) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
+def quantize_4bit(model, model_args) -> None:
+    """QLoRA's base in memory: every linear layer but lm_head becomes a bitsandbytes Linear4bit, quantized
+    on its own device one layer at a time (from_pretrained quantizes only what it loads from files), with
+    the recipe's settings as trl's get_quantization_config reads them: NF4, compute in the weights' dtype."""
+    import bitsandbytes as bnb
+    import torch
+
+    four_bit = dict(quant_type=model_args.bnb_4bit_quant_type, compress_statistics=model_args.use_bnb_nested_quant)
+    for parent in list(model.modules()):
+        for name, linear in list(parent.named_children()):
+            if isinstance(linear, torch.nn.Linear) and name != "lm_head":
+                assert linear.bias is None, "Phi-3's linear layers have no bias"
+                q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=False,
+                                      compute_dtype=linear.weight.dtype, device="meta", **four_bit)
+                q.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, **four_bit)
+                setattr(parent, name, q.to(linear.weight.device))  # Params4bit quantizes on the move
+    model.is_loaded_in_4bit = True  # what trl reads: it then keeps the LoRA weights in bf16, as QLoRA does
+
+
 def mfu(flops: float, seconds: float) -> float:
     return flops / seconds / PEAK_FLOPS
 
@@ -186,12 +208,13 @@ def trained_modules(adapter_dir: Path) -> list[str]:
         return sorted({k.split(".lora_A")[0].rsplit(".", 1)[-1] for k in f.keys() if ".lora_A" in k})
 
 
-def train(shape: dict, base: Path, work: Path, checkpointing: bool) -> dict:
+def train(shape: dict, base: Path, work: Path, checkpointing: bool, four_bit: bool) -> dict:
     """A few optimizer steps of the phi-4 recipe through sft.main on the random-weight model."""
     from qeforge.training.sft import main
 
     t, device = shape["train"], shape["device"]
-    out = work / f"adapter-checkpointing-{checkpointing}"
+    mode = "qlora" if four_bit else "lora"
+    out = work / f"adapter-{mode}-checkpointing-{checkpointing}"
     overrides = {
         "model_name_or_path": str(base), "dataset_path": str(work / "data"), "category": CATEGORY,
         "output_dir": str(out), "max_steps": t["steps"], "max_length": t["max_length"],
@@ -204,6 +227,8 @@ def train(shape: dict, base: Path, work: Path, checkpointing: bool) -> dict:
     args = phi4_recipe(shape, overrides)
     model = build_model(shape, base)
     n_matmul = matmul_params(model)
+    if four_bit:
+        quantize_4bit(model, args[2])
     clock = step_clock(device)
     free(device)
     summary = main(*args, callbacks=[clock], model=model)
@@ -213,9 +238,10 @@ def train(shape: dict, base: Path, work: Path, checkpointing: bool) -> dict:
     # activations only; frozen weights get none) = 4N, N = matmul params. Phi-4: 4 x 14.15B = 56.6
     # GFLOP/token, so 100% MFU = 989e12 / 56.6e9 = 17.5k tokens/s. Left out: the LoRA matmuls (r=16:
     # 6 x 55.7M, 0.6%), attention's QK^T and AV (12 x 40 layers x 5120 x 2048 = 5.0 GFLOP/token, +9%
-    # at 2,048 positions) and checkpointing's recomputed forward (hardware FLOPs, not model FLOPs).
+    # at 2,048 positions), checkpointing's recomputed forward and QLoRA's dequantizing (hardware work,
+    # not model FLOPs).
     return {
-        "activation_checkpointing": checkpointing,
+        "mode": mode, "activation_checkpointing": checkpointing,
         "rows_x_tokens": [t["rows"], t["max_length"]], "accumulation": t["accumulation"],
         "timed_steps": len(timed), "tokens_per_step": tokens / len(timed),
         "step_s": seconds / len(timed), "tokens_per_s": tokens / seconds,
@@ -331,12 +357,10 @@ def generate(shape: dict, base: Path, work: Path) -> dict:
 
 # -- the run -----------------------------------------------------------------------------------------
 def versions() -> dict:
-    import importlib.metadata
-
     import torch
 
     found = {}
-    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "pyarrow"):
+    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "pyarrow", "bitsandbytes"):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -366,7 +390,10 @@ def run(config: str) -> dict:
         result = {
             "config": config, "versions": versions(), "peak_tflops": PEAK_FLOPS / 1e12,
             "memory": "torch.cuda.max_memory_allocated" if device == "cuda" else "process peak RSS",
-            "train": [section(device, train, shape, base, work, ckpt) for ckpt in (True, False)],
+            "train": [section(device, train, shape, base, work, ckpt, False) for ckpt in (True, False)]
+            + [section(device, train, shape, base, work, True, True) if importlib.util.find_spec("bitsandbytes")
+               else {"mode": "qlora", "activation_checkpointing": True,
+                     "skipped": "bitsandbytes is not installed (bench/gpu_wheels.sh fetches it)"}],
             "generate": section(device, generate, shape, base, work),
         }
     result["wall_s"] = time.perf_counter() - t0
