@@ -312,7 +312,7 @@ def serve_once(batcher, state: ServingState, rows: int, prompt: int, new: int, v
                     for i, ids in enumerate(prompts)]
         for r in requests:
             batcher.submit(r)
-    answers = [r.future.result() for r in requests]
+    answers = [r.future.result(timeout=300) for r in requests]  # a stuck batch fails this part, not the run
     wall = time.perf_counter() - t0
     prefills = [(s, e) for first, s, e in state.backend.calls if first]
     # A row's first token is picked from the logits of the prefill that began after its `started`.
@@ -370,14 +370,16 @@ def versions() -> dict:
 
 
 def section(device: str, fn, *args) -> dict:
-    """One part's figures; an error (say out of memory without checkpointing) costs that part only."""
+    """One part's figures; an error (say out of memory without checkpointing) costs that part only.
+    Each part is also logged as it ends, so a run cut off by its time limit keeps what it finished."""
     try:
-        return fn(*args)
+        result = fn(*args)
     except Exception as e:  # noqa: BLE001 - a one-shot device run reports every part it can
         traceback.print_exc()
-        return {"error": f"{type(e).__name__}: {e}"[:500]}
-    finally:
-        free(device)
+        result = {"error": f"{type(e).__name__}: {e}"[:500]}
+    free(device)
+    print(f"{fn.__name__} {args[3:]}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
 
 
 def run(config: str) -> dict:
