@@ -29,7 +29,7 @@ def _numbers(node):
         yield node
 
 
-@pytest.mark.slow  # two LoRA runs and four served adapters: 21-110 s on 2 cores, by their load
+@pytest.mark.slow  # two LoRA runs and four served adapters: 21 s to 2.5 min on 2 cores, by their load
 def test_tiny_dry_run():
     from qeforge.training.recipes import recipe_path
     from qeforge.training.sft import load_recipe
