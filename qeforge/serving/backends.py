@@ -26,17 +26,20 @@ def _context(config) -> int:
 class TorchBackend:
     mixes_adapters = True
 
-    def __init__(self, snapshot: Snapshot):
+    def __init__(self, snapshot: Snapshot, base=None):
+        """`base`: the base model already in memory (bench.gpu_phi4's random-weight Phi-4), else
+        snapshot.base_model is loaded. The adapters are loaded onto the base's device."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(snapshot.base_model, dtype="auto")
+        model = base if base is not None else AutoModelForCausalLM.from_pretrained(snapshot.base_model, dtype="auto")
         for category, adapter in snapshot.adapters.items():
             if isinstance(model, PeftModel):
                 model.load_adapter(str(adapter.path), adapter_name=category)
             else:
                 model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=category)
         self.model = model.eval()
+        self.device = next(model.parameters()).device  # batches arrive as numpy on the CPU
         self.context = _context(model.config)
         self.refused: dict[str, str] = {}
         # A sliding-window cache keeps only the last window's positions, so padding one to stack it
@@ -46,19 +49,19 @@ class TorchBackend:
     def forward(self, categories: list[str], ids: np.ndarray, mask: np.ndarray, past):
         import torch
 
-        mask_t = torch.from_numpy(mask)
+        mask_t = torch.from_numpy(mask).to(self.device)
         # Left padding shifts real tokens right: positions count real tokens only, as generate() does.
         positions = (mask_t.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
         with torch.inference_mode():
-            out = self.model(input_ids=torch.from_numpy(np.ascontiguousarray(ids)), attention_mask=mask_t,
-                             position_ids=positions, past_key_values=past, use_cache=True, logits_to_keep=1,
-                             adapter_names=categories)
-        return out.logits[:, -1].float().numpy(), out.past_key_values
+            out = self.model(input_ids=torch.from_numpy(np.ascontiguousarray(ids)).to(self.device),
+                             attention_mask=mask_t, position_ids=positions, past_key_values=past, use_cache=True,
+                             logits_to_keep=1, adapter_names=categories)
+        return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
 
     def select(self, past, rows: list[int]):
         import torch
 
-        past.batch_select_indices(torch.tensor(rows))
+        past.batch_select_indices(torch.tensor(rows, device=self.device))
         return past
 
     def stack(self, a, b, pads: list[int]):

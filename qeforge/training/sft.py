@@ -169,8 +169,11 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def main(script_args, training_args, model_args, *, callbacks=None) -> dict[str, Any]:
-    """Train (or resume, or skip) one category's adapter; returns the training summary."""
+def main(script_args, training_args, model_args, *, callbacks=None, model=None) -> dict[str, Any]:
+    """Train (or resume, or skip) one category's adapter; returns the training summary.
+
+    `model`: the base already in memory (bench.gpu_phi4 builds Phi-4's shape with random weights on
+    the GPU); model_name_or_path then names the directory of its config and tokenizer only."""
     from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer, get_peft_config, get_quantization_config
@@ -210,14 +213,15 @@ def main(script_args, training_args, model_args, *, callbacks=None) -> dict[str,
     # Model loading follows trl's script: SFTTrainer instantiates it from these kwargs. A copy,
     # because the trainer mutates its args and the caller's must keep fingerprinting the same.
     training_args = copy.deepcopy(training_args)
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation, "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    if model is None:
+        training_args.model_init_kwargs = {
+            "revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code,
+            "attn_implementation": model_args.attn_implementation, "dtype": model_args.dtype,
+            **(training_args.model_init_kwargs or {}),
+        }
     # Only `messages` feeds the model; the other columns (id, quality, metadata...) are provenance.
     trainer = SFTTrainer(
-        model=model_args.model_name_or_path,
+        model=model_args.model_name_or_path if model is None else model,
         args=training_args,
         train_dataset=dsd["train"].select_columns(["messages"]),
         eval_dataset=dsd["validation"].select_columns(["messages"]),
@@ -247,7 +251,7 @@ def main(script_args, training_args, model_args, *, callbacks=None) -> dict[str,
     dist.wait_for_everyone()
 
     history = _history(trainer.state.log_history)
-    model = trainer.model
+    trained = trainer.model
     summary = {
         "finished": True,
         "skipped": False,
@@ -265,8 +269,8 @@ def main(script_args, training_args, model_args, *, callbacks=None) -> dict[str,
         "final_train_loss": history["train"]["loss"][-1] if history["train"]["loss"] else None,
         "val_loss": val_loss,
         "base_val_loss": state["base_val_loss"],
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "total_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in trained.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in trained.parameters()),
         "train_tokens": None,
         "tokens_per_second": None,
         "train_runtime_s": result.metrics.get("train_runtime"),
