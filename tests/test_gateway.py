@@ -37,19 +37,22 @@ def engine(artefacts, claude, tmp_path_factory):
 
     from qeforge.curation.categorize import train_classifier
     from qeforge.demo import generate_demo_lines
+    from qeforge.embedding import embed_texts
     from qeforge.serving.escalation import ClaudeEscalation
 
     eng = make_engine(artefacts, policy(), classifier_path=tmp_path_factory.mktemp("classifier") / "classifier.json",
                       escalation=ClaudeEscalation(anthropic.Anthropic(api_key="sk-test", base_url=claude.url, max_retries=0)))
     rows = []
-    for line in generate_demo_lines(400, seed=3, with_embeddings=False):
+    for line in generate_demo_lines(200, seed=3, with_embeddings=False):
         try:
             row = json.loads(line)
         except ValueError:
             continue
         if isinstance(row, dict) and row.get("category") and isinstance(row.get("task"), str):
             rows.append(row)
-    classifier, _, _ = train_classifier(eng.embed([r["task"] for r in rows]), [r["category"] for r in rows])
+    # Trained as curation trains it: sentence-transformers' MiniLM, batched (the gateway's ONNX MiniLM
+    # gives the same vectors within 1e-5, one text at a time).
+    classifier, _, _ = train_classifier(embed_texts([r["task"] for r in rows]), [r["category"] for r in rows])
     classifier.save(eng.classifier_path)
     return eng
 

@@ -12,10 +12,10 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from qeforge.serving.chat import ChatCall, Completion, pieces
+from qeforge.serving.gateway import respond
 from qeforge.serving.requests import BadRequest, finite, validate
 
 Number = StrictFloat | StrictInt
@@ -159,11 +159,7 @@ def router(gateway) -> APIRouter:
     @api.post("/v1/messages")
     async def messages(request: Request):
         call = messages_call(await gateway.json_body(request), request.headers.get("x-qeforge-category"))
-        c = await gateway.answer(request, call)
-        headers = {"X-QEForge-Route": c.route_header()}
-        if call.stream:
-            return StreamingResponse(message_stream(c), media_type="text/event-stream", headers=headers)
-        return JSONResponse(message_response(c), headers=headers)
+        return respond(call, await gateway.answer(request, call), message_response, message_stream, "text/event-stream")
 
     @api.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request):

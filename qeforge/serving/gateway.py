@@ -10,6 +10,7 @@ import asyncio
 import threading
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from qeforge.serving.chat import ChatCall, Completion
@@ -27,6 +28,14 @@ def protocol_of(path: str) -> str:
     if path.startswith("/v1/messages"):
         return "anthropic"
     return "ollama" if path.startswith("/api/") else "openai"
+
+
+def respond(call: ChatCall, c: Completion, body, events, media_type: str) -> Response:
+    """body(c) as JSON, or events(c) streamed when the call asked to stream; who answered in the header."""
+    headers = {"X-QEForge-Route": c.route_header()}
+    if call.stream:
+        return StreamingResponse(events(c), media_type=media_type, headers=headers)
+    return JSONResponse(body(c), headers=headers)
 
 
 class Metrics:

@@ -13,15 +13,17 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from qeforge.categories import registered_model_name
 from qeforge.serving.chat import ChatCall, Completion, merge_turns, pieces, text_block
 from qeforge.serving.engine import AUTO_MODEL
+from qeforge.serving.gateway import respond
 from qeforge.serving.requests import BadRequest, validate
 
 OLLAMA_VERSION = "0.12.0"  # the API this layer follows; clients print it, none gate on it
+NDJSON = "application/x-ndjson"  # Ollama streams one JSON object per line
 Number = StrictFloat | StrictInt
 
 
@@ -201,23 +203,17 @@ def error_body(status: int, message: str, code: str | None, param: str | None) -
 def router(gateway) -> APIRouter:
     api = APIRouter()
 
-    def respond(call: ChatCall, c: Completion, whole, stream):
-        headers = {"X-QEForge-Route": c.route_header()}
-        if call.stream:
-            return StreamingResponse(stream(c), media_type="application/x-ndjson", headers=headers)
-        return JSONResponse(whole(c), headers=headers)
-
     @api.post("/api/chat")
     async def chat(request: Request):
         call = chat_call(await gateway.json_body(request), request.headers.get("x-qeforge-category"))
-        return respond(call, await gateway.answer(request, call), chat_response, chat_stream)
+        return respond(call, await gateway.answer(request, call), chat_response, chat_stream, NDJSON)
 
     @api.post("/api/generate")
     async def generate(request: Request):
         body, call = generate_call(await gateway.json_body(request), request.headers.get("x-qeforge-category"))
         if call is None:
             return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
-        return respond(call, await gateway.answer(request, call), generate_response, generate_stream)
+        return respond(call, await gateway.answer(request, call), generate_response, generate_stream, NDJSON)
 
     @api.get("/api/tags")
     async def tags():

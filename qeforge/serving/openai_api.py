@@ -17,13 +17,13 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from qeforge.categories import registered_model_name
 from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL
 from qeforge.serving.chat import ChatCall, Completion, merge_turns, pieces, text_block, tool_arguments
 from qeforge.serving.engine import AUTO_MODEL
+from qeforge.serving.gateway import respond
 from qeforge.serving.requests import BadRequest, finite, validate
 
 Number = StrictFloat | StrictInt
@@ -274,12 +274,9 @@ def router(gateway) -> APIRouter:
     async def chat(request: Request):
         data = await gateway.json_body(request)
         call = chat_call(data, request.headers.get("x-qeforge-category"))
-        c = await gateway.answer(request, call)
-        headers = {"X-QEForge-Route": c.route_header()}
-        if call.stream:
-            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(chat_stream(c, include_usage), media_type="text/event-stream", headers=headers)
-        return JSONResponse(chat_response(c), headers=headers)
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        return respond(call, await gateway.answer(request, call), chat_response,
+                       lambda c: chat_stream(c, include_usage), "text/event-stream")
 
     @api.post("/v1/embeddings")
     async def embeddings(request: Request):
