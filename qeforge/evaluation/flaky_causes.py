@@ -49,6 +49,9 @@ _ALIASES = {
     NONE: ("not flaky", "non flaky", "deterministic", "n/a", "no cause"),
 }
 _LOOKUP = {alias: label for label, aliases in _ALIASES.items() for alias in (label.replace("-", " "), *aliases)}
+# Causes other taxonomies name that the project files under `other`: still causes of flakiness.
+_OTHER_CAUSES = {"floating point", "floating point operations", "too restrictive range", "nod", "non deterministic",
+                 "ud", "unknown dependency", "other"}
 
 
 def _key(text: str) -> str:
@@ -60,6 +63,12 @@ def normalize_cause(value) -> str | None:
     if value is None:
         return NONE
     return _LOOKUP.get(_key(str(value)), OTHER)
+
+
+def names_a_cause(value) -> bool:
+    """Whether `value` names a cause of flakiness in some taxonomy (so the test is flaky)."""
+    key = _key(str(value))
+    return _LOOKUP.get(key, NONE) != NONE or key in _OTHER_CAUSES
 
 
 def normalize_verdict(value) -> str | None:
