@@ -15,7 +15,7 @@ to the task's listing instead of crashing the metric.
 |               | `non-flaky` spellings are "none"                         |                                    |
 | `text`        | a non-blank string                                       | not_a_string, blank                |
 | `python`      | Python source that parses                                | not_a_string, not_python           |
-| `module_name` | a dotted Python identifier                               | not_a_module_name                  |
+| `module_name` | a Python identifier (the focal file is `<name>.py`)      | not_a_module_name                  |
 
 Predictions (the answer being scored) get the same label mapping for `verdict` and `cause`, so both
 sides speak the project's labels; anything unreadable stays as it is and scores as wrong.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import keyword
 
 from qeforge.evaluation.flaky_causes import NONE, names_a_cause, normalize_cause, normalize_verdict
-from qeforge.evaluation.pyparse import parse
+from qeforge.evaluation.ground_truth import parses
 
 UNPARSED = "unparsed"
 # set_f1 stores lines as int64: a larger "line" would crash the batch, and no file has 2**31 lines.
@@ -87,17 +87,14 @@ def text(value) -> str:
 
 
 def python(value) -> str:
-    text(value)
-    try:
-        parse(value)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise Rejected("not_python") from None
+    if parses(text(value)) is None:
+        raise Rejected("not_python")
     return value
 
 
 def module_name(value) -> str:
-    parts = value.split(".") if isinstance(value, str) else [""]
-    if not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+    # The sandbox saves the focal code as `<module>.py`: one identifier, no package path.
+    if not (isinstance(value, str) and value.isidentifier() and not keyword.iskeyword(value)):
         raise Rejected("not_a_module_name")
     return value
 
