@@ -25,7 +25,7 @@ _NUMBERED = re.compile(r"^\s*(\d+)\s*\|\s?(.*)$")
 _ANNOTATED = re.compile(r"^([>!\- ]) (.*)$")
 # How prose names a function: `withdraw`, `BankAccount.withdraw()`, BankAccount.withdraw, method withdraw, add function.
 _MENTION = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)(?:\(\))?`|\b([A-Za-z_]\w*\.[A-Za-z_]\w*)\b"
-                      r"|\b(?:method|function)\s+([A-Za-z_]\w*)|\b([A-Za-z_]\w*)\s+(?:method|function)\b")
+                      r"|\b(?:method|function)\s+([A-Za-z_]\w*)|\b([A-Za-z_]\w*)(?=\s+(?:method|function)\b)")
 
 
 class NoGroundTruth(Exception):
