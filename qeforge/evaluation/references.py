@@ -13,8 +13,9 @@ A metric's references and a scorer's inputs are named after their first source's
 (`metadata.uncovered_lines` -> `uncovered_lines`). Per example, the source that supplied each is
 recorded (`source_<name>`, "none" if nothing did), and so are the sources skipped because their value
 did not convert (`rejected_<name>`: "metadata.uncovered_lines rejected:not_a_list"). An example with
-no value for a required name is `unscorable`, with the reason of the last source that explained
-itself (`rejected:not_a_list`, `unsupported_language_java`) or `no_<name>`.
+no value for a required name is `unscorable`: with the first rejection when a source had a value of
+the wrong type (`rejected:not_a_list`), else the reason of the last source that explained itself
+(`unsupported_language_java`), else `no_<name>`.
 """
 
 from __future__ import annotations
@@ -105,11 +106,10 @@ def resolve_truth(spec, example: dict, parse=None) -> Truth:
             except NoGroundTruth as e:
                 reason = e.reason
             except Rejected as e:
-                reason = e.reason
                 rejected.append(f"{source} {e.reason}")
         truth.values[name], truth.sources[name], truth.rejected[name] = value, used, "; ".join(rejected)
         if used == "none" and required and truth.unscorable is None:
-            truth.unscorable = reason or f"no_{name}"
+            truth.unscorable = (rejected[0].rpartition(" ")[2] if rejected else reason) or f"no_{name}"
     return truth
 
 
