@@ -57,7 +57,7 @@ def _compute(module: str, predictions: list, references: list) -> tuple[dict, li
                 metric.compute(predictions=[p], references=[r])
             except Exception:
                 failed.append(k)
-        keep = [k for k in range(len(predictions)) if k not in set(failed)]
+        keep = sorted(set(range(len(predictions))) - set(failed))
         if not keep:
             return {}, failed
         return metric.compute(predictions=[predictions[k] for k in keep], references=[references[k] for k in keep]), failed
@@ -105,7 +105,7 @@ def score_outputs(spec: EvalSpec, outputs: list[str], examples: list[dict], *, t
         result, failed = _compute(m.module, predictions, [truths[i].values[name] for i in rows]) if rows else ({}, [])
         for k in failed:
             reasons[rows[k]] = f"metric_error:{m.module}"
-        rows = [i for k, i in enumerate(rows) if k not in set(failed)]
+        rows = [i for i in rows if reasons[i] is None]
         for key, column in m.per_example.items():
             columns[column] = [math.nan] * n
             for i, value in zip(rows, result.get(key, [])):
