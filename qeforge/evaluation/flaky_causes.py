@@ -20,6 +20,8 @@ fleet's flaky hunter reports them. Benchmarks label differently; the map below r
 
 Anything else (Luo et al.'s floating point and too-restrictive range, IDoFT's NOD and UD, whose cause
 is unknown) becomes `other`: a cause outside the project's list, which only `other` matches.
+`names_a_cause` tells any of these causes (`other` ones included) from a verdict or noise: FlakyLens
+labels a flaky test by its cause, so a label that names one means the test is flaky.
 """
 
 from __future__ import annotations
