@@ -26,6 +26,22 @@ def _shaped(category: str) -> list[dict]:
             for r in rows if r["category"] == category]
 
 
+def _demo(category: str, n: int = 300) -> list[dict]:
+    """Claude's successful demo rows of a category, as the curation gate keeps them."""
+    from qeforge.demo import generate_demo_lines
+
+    rows = []
+    for line in generate_demo_lines(n, seed=0, with_embeddings=False):
+        try:
+            r = json.loads(line)
+        except ValueError:  # the demo's deliberately broken lines
+            continue
+        if isinstance(r, dict) and r.get("category") == category and str(r.get("model")).startswith("claude") \
+                and r.get("outcome") == "success" and isinstance(r.get("metadata"), dict):
+            rows.append({"id": r["id"], "task": r["task"], "reference": r["output"], "metadata": r["metadata"]})
+    return rows
+
+
 def _self_scored(category: str, examples: list[dict]) -> tuple[pd.DataFrame, dict]:
     """The recorded answers scored as predictions against their own truths, and the calibration."""
     spec = load_spec(category)
@@ -69,7 +85,7 @@ def test_a_count_of_uncovered_lines_falls_through_to_the_listing_and_is_counted(
     frame, calibration = _self_scored("coverage-analysis", examples)
     assert set(frame["source_uncovered_lines"]) == {"task.annotated_uncovered_lines"}
     assert set(frame["rejected_uncovered_lines"]) == {"metadata.uncovered_lines rejected:not_a_list"}
-    assert frame["scorable"].all() and frame["score"].tolist() == [1.0] * len(examples)
+    assert frame["scorable"].all() and frame["score"].tolist() == [1.0] * len(examples) and calibration["passed"]
     assert calibration["rejected_sources"] == {"uncovered_lines": {"metadata.uncovered_lines rejected:not_a_list": 30}}
     # Without the listing nothing is left: unscorable with the rejection as the reason (never a crash).
     bare = {**examples[0], "task": "Which lines are uncovered?"}
@@ -163,3 +179,15 @@ def test_a_reference_that_fails_its_own_exam_fails_the_calibration_check():
     passed, metadata = reference_scores_its_truth(ok)
     assert passed and metadata["reference_self_score"] == pytest.approx(0.9) and metadata["n_unscorable"] == 1
     assert reference_scores_its_truth(summarize(spec, _claude_frame([math.nan], ["no_label"])))[0] is False
+
+
+@pytest.mark.parametrize("category", ["coverage-analysis", "flaky-detection", "code-review"])
+def test_the_reference_passes_its_own_exam_on_demo_data(category):
+    frame, calibration = _self_scored(category, _demo(category))
+    assert len(frame) >= 10 and calibration["passed"], calibration
+
+
+@pytest.mark.slow
+def test_the_recorded_demo_suites_pass_their_own_exam():
+    frame, calibration = _self_scored("test-generation", _demo("test-generation")[:8])
+    assert calibration["n_scored"] == 8 and calibration["passed"], calibration
