@@ -33,6 +33,10 @@ def _eval_dir(evaluation: EvaluationSettings, category: str, dataset_version: st
         dg.AssetCheckSpec("sandbox_contained", asset="adapter_evaluation",
                           description="Every generated test ran in the sandbox and nothing escaped (timeouts and crashes are counted, "
                                       "not fatal); its `isolation` metadata says 'weak isolation' when bubblewrap was missing"),
+        # Not blocking: a miscalibrated yardstick is a finding about the evaluation, not about the adapter.
+        dg.AssetCheckSpec("reference_scores_its_truth", asset="adapter_evaluation", blocking=False,
+                          description="Claude's recorded answers, scored against their own ground truth, reach 90% of the "
+                                      "score range; below that the scores measure the evaluation, not the adapter"),
     ],
 )
 def adapter_evaluation(
@@ -82,6 +86,10 @@ def adapter_evaluation(
             "unscorable_reasons": md_table(summary["unscorable_reasons"], "reason"),
             "ground_truth_sources": md_records([{"reference": name, "source": source, "examples": n}
                                                 for name, by in summary["truth_sources"].items() for source, n in by.items()]),
+            "rejected_sources": md_records([{"reference": name, "skipped": why, "examples": n}
+                                            for name, by in summary["rejected_sources"].items() for why, n in by.items()]),
+            "reference_self_score": summary["reference_calibration"]["reference_self_score"],
+            "reference_share_of_range": summary["reference_calibration"]["share_of_range"],
             "n_paired_with_claude": summary["n_paired"],
             **headline_scores(summary),
             "target_ratio": spec.target_ratio,
@@ -104,6 +112,21 @@ def adapter_evaluation(
     yield dg.AssetCheckResult(check_name="evaluated_on_test_split_only", passed=passed, metadata=metadata)
     passed, metadata = checks.sandbox_contained(frame)
     yield dg.AssetCheckResult(check_name="sandbox_contained", passed=passed, metadata=metadata)
+    passed, metadata = checks.reference_scores_its_truth(summary)
+    calibration = summary["reference_calibration"]
+    if not passed:
+        context.log.error(f"{category}: Claude's recorded answers score {metadata['share_of_range']:.0%} of the range on "
+                          f"their own truths (< {metadata['min_share_of_range']:.0%}); unscorable: "
+                          f"{calibration['unscorable_reasons']}, sources: {calibration['truth_sources']}, "
+                          f"rejected: {calibration['rejected_sources']}")
+    yield dg.AssetCheckResult(check_name="reference_scores_its_truth", passed=passed, metadata={
+        **metadata,
+        "truth_sources": md_records([{"reference": name, "source": source, "examples": n}
+                                     for name, by in calibration["truth_sources"].items() for source, n in by.items()]),
+        "rejected_sources": md_records([{"reference": name, "skipped": why, "examples": n}
+                                        for name, by in calibration["rejected_sources"].items() for why, n in by.items()]),
+        "unscorable_reasons": md_table(calibration["unscorable_reasons"], "reason"),
+    })
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, partitions_def=category_partitions)

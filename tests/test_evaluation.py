@@ -174,6 +174,10 @@ def _benchmark(category):
                        "per_example": {}, "weight": 1}]}, r"unknown key\(s\) \['weight'\] in `metric`"),
         ({"metrics": [{"module": "set_f1", "predictions": "parsed.uncovered_lines", "references": ["task.nothing"]}]},
          "unknown source 'task.nothing'"),
+        ({"metrics": [{"module": "set_f1", "predictions": "parsed.uncovered_lines", "references": ["metadata.x"]}]},
+         r"reference_type is None; declare one of \['cause', 'lines'"),
+        ({"metrics": [{"module": "set_f1", "predictions": "parsed.uncovered_lines", "references": ["metadata.x"],
+                       "reference_type": "list"}]}, "reference_type is 'list'"),
     ],
 )
 def test_a_spec_with_an_unknown_key_or_source_is_an_error(tmp_path, patch, message):

@@ -41,6 +41,12 @@ def test_every_generated_suite_stayed_in_the_sandbox(category_run):
     assert check(category_run, "sandbox_contained").passed
 
 
+def test_claude_passes_its_own_exam_on_demo_data(category_run):
+    calibration = check(category_run, "reference_scores_its_truth")
+    assert calibration.passed and calibration.metadata["share_of_range"].value >= 0.9
+    assert "metadata.uncovered_lines" in calibration.metadata["truth_sources"].value
+
+
 def test_claude_scores_above_the_tiny_adapter(category_run):
     summary = category_run.output_for_node("adapter_evaluation")["summary"]
     assert summary["n_paired"] > 0 and summary["claude_score"]["value"] > summary["adapter_score"]["value"]

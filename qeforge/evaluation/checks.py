@@ -44,3 +44,16 @@ def sandbox_contained(frame: pd.DataFrame) -> tuple[bool, dict]:
         "crashes": int(statuses.get("crash", 0)),
         "isolation": isolation or "no sandboxed runs",
     }
+
+
+def reference_scores_its_truth(summary: dict) -> tuple[bool, dict]:
+    """Claude's recorded answers score at least 90% of the score range on their own truths (calibration.py)."""
+    c = summary["reference_calibration"]
+    nan = float("nan")
+    return bool(c["passed"]), {
+        "reference_self_score": c["reference_self_score"] if c["reference_self_score"] is not None else nan,
+        "share_of_range": c["share_of_range"] if c["share_of_range"] is not None else nan,
+        "min_share_of_range": c["min_share_of_range"],
+        "adapter_score": summary["adapter_score"]["value"] if summary["adapter_score"]["value"] is not None else nan,
+        "n_references": c["n_references"], "n_scored": c["n_scored"], "n_unscorable": c["n_unscorable"],
+    }

@@ -20,6 +20,8 @@ fleet's flaky hunter reports them. Benchmarks label differently; the map below r
 
 Anything else (Luo et al.'s floating point and too-restrictive range, IDoFT's NOD and UD, whose cause
 is unknown) becomes `other`: a cause outside the project's list, which only `other` matches.
+`names_a_cause` tells any of these causes (`other` ones included) from a verdict or noise: FlakyLens
+labels a flaky test by its cause, so a label that names one means the test is flaky.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ _ALIASES = {
     NONE: ("not flaky", "non flaky", "deterministic", "n/a", "no cause"),
 }
 _LOOKUP = {alias: label for label, aliases in _ALIASES.items() for alias in (label.replace("-", " "), *aliases)}
+# Causes other taxonomies name that the project files under `other`: still causes of flakiness.
+_OTHER_CAUSES = {"floating point", "floating point operations", "too restrictive range", "nod", "non deterministic",
+                 "ud", "unknown dependency", "other"}
 
 
 def _key(text: str) -> str:
@@ -60,6 +65,12 @@ def normalize_cause(value) -> str | None:
     if value is None:
         return NONE
     return _LOOKUP.get(_key(str(value)), OTHER)
+
+
+def names_a_cause(value) -> bool:
+    """Whether `value` names a cause of flakiness in some taxonomy (so the test is flaky)."""
+    key = _key(str(value))
+    return _LOOKUP.get(key, NONE) != NONE or key in _OTHER_CAUSES
 
 
 def normalize_verdict(value) -> str | None:

@@ -4,6 +4,9 @@ Eval specs name these as `task.<name>` sources (see EXTRACTORS). Each takes the 
 turn) and returns a value, or raises NoGroundTruth with a reason code, which the report counts as
 `unscorable`:
 - `focal_code`: the task's fenced Python blocks that are not tests (a function, a class, a module);
+- `focal_function`: the one function or method of the focal code the task's prose names (`the
+  \`withdraw\` method`, `BankAccount.withdraw`, `the add function`), as its qualified name: a
+  method-level task (ClassEval) is covered over that method, not the whole class;
 - `annotated_uncovered_lines`: the `!` lines of a coverage.py `annotate`-style listing in the task
   (`> ` executed, `! ` missed, `- ` excluded, two spaces: not a statement), numbered from 1;
 - `traced_uncovered_lines`: the given test run against the focal code under coverage.py, in the sandbox.
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import re
-import sys
 
 from qeforge.evaluation.pyparse import parse
 
@@ -21,8 +23,9 @@ FENCE = re.compile(r"```[ \t]*([\w+#-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 PYTHON_TAGS = {"", "python", "py", "python3"}
 _NUMBERED = re.compile(r"^\s*(\d+)\s*\|\s?(.*)$")
 _ANNOTATED = re.compile(r"^([>!\- ]) (.*)$")
-# Modules a suite imports that are not the code under test.
-_TEST_LIBRARIES = {"pytest", "unittest", "hypothesis", "mock", "freezegun"}
+# How prose names a function: `withdraw`, `BankAccount.withdraw()`, BankAccount.withdraw, method withdraw, add function.
+_MENTION = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)(?:\(\))?`|\b([A-Za-z_]\w*\.[A-Za-z_]\w*)\b"
+                      r"|\b(?:method|function)\s+([A-Za-z_]\w*)|\b([A-Za-z_]\w*)(?=\s+(?:method|function)\b)")
 
 
 class NoGroundTruth(Exception):
@@ -41,7 +44,7 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
 def parses(code: str) -> ast.Module | None:
     try:
         return parse(code)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # NUL bytes, nesting past the parser's limit
         return None
 
 
@@ -74,6 +77,27 @@ def focal_code(task: str) -> str:
     if tags:
         raise NoGroundTruth(f"unsupported_language_{tags[0]}")  # the sandbox runs Python only
     raise NoGroundTruth("no_python_code_block" if "```" in task else "no_code_block")
+
+
+def _qualnames(tree: ast.AST, prefix: str = "") -> list[str]:
+    """Qualified names of the functions and methods, as coverage.py reports them (`Class.method`)."""
+    out = []
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out.append(prefix + node.name)
+        elif isinstance(node, ast.ClassDef):
+            out += _qualnames(node, f"{prefix}{node.name}.")
+    return out
+
+
+def focal_function(task: str) -> str:
+    tree = parses(focal_code(task))
+    prose = FENCE.sub(" ", task)
+    named = {name for groups in _MENTION.findall(prose) for name in groups if name}
+    found = {q for q in _qualnames(tree) if q in named or q.rsplit(".", 1)[-1] in named} if tree else set()
+    if len(found) != 1:  # none, or several: the suite is for the whole focal code
+        raise NoGroundTruth("no_focal_function")
+    return found.pop()
 
 
 def given_tests(task: str) -> str:
@@ -128,30 +152,12 @@ def annotated_uncovered_lines(task: str) -> list[int]:
     return [i for i, (marker, _) in enumerate(annotated, start=1) if marker == "!"]
 
 
-def suite_module(tests: str, focal: str) -> tuple[str, str]:
-    """(module name the suite imports the focal code from, the suite to run).
-
-    A suite that imports a module outside the standard library and test libraries gets the focal
-    code under that name. ClassEval-style suites use the class without importing it: they get the
-    focal code as `focal` and a `from focal import *` line on top."""
-    tree = parses(tests)
-    names = []
-    for node in tree.body if tree else ():
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module.split(".")[0])
-        elif isinstance(node, ast.Import):
-            names += [a.name.split(".")[0] for a in node.names]
-    local = [n for n in names if n not in sys.stdlib_module_names and n not in _TEST_LIBRARIES]
-    if local:
-        return local[0], tests
-    return "focal", "from focal import *  # added: the suite uses the focal code without importing it\n" + tests
-
-
 def traced_uncovered_lines(task: str) -> list[int]:
     from qeforge.evaluation.sandbox import SandboxLimits, run_tests
+    from qeforge.evaluation.suites import suite_module
 
     focal, tests = focal_code(task), given_tests(task)
-    module, suite = suite_module(tests, focal)
+    module, suite = suite_module(tests)
     result = run_tests(suite, focal, module, limits=SandboxLimits(timeout_s=10))
     if result.status != "ok":
         raise NoGroundTruth(f"given_test_{result.status}")  # a crashed test traces nothing worth trusting
@@ -160,6 +166,7 @@ def traced_uncovered_lines(task: str) -> list[int]:
 
 EXTRACTORS = {
     "focal_code": focal_code,
+    "focal_function": focal_function,
     "annotated_uncovered_lines": annotated_uncovered_lines,
     "traced_uncovered_lines": traced_uncovered_lines,
 }

@@ -1,4 +1,5 @@
-"""Each example's ground truth, from the sources its eval spec lists: the first one present wins.
+"""Each example's ground truth, from the sources its eval spec lists: the first one present whose
+value converts to the declared type (reference_types.py) wins.
 
 | source                      | value                                                                   |
 |-----------------------------|-------------------------------------------------------------------------|
@@ -9,9 +10,12 @@
 Predictions may also use `output` and `parsed.<field>` (the answer being scored).
 
 A metric's references and a scorer's inputs are named after their first source's last part
-(`metadata.uncovered_lines` -> `uncovered_lines`), and the source that supplied each is recorded per
-example (`source_<name>`). An example with no value for a required name is `unscorable`, with the
-reason of the last source that explained itself (e.g. `unsupported_language_java`) or `no_<name>`.
+(`metadata.uncovered_lines` -> `uncovered_lines`). Per example, the source that supplied each is
+recorded (`source_<name>`, "none" if nothing did), and so are the sources skipped because their value
+did not convert (`rejected_<name>`: "metadata.uncovered_lines rejected:not_a_list"). An example with
+no value for a required name is `unscorable`: with the first rejection when a source had a value of
+the wrong type (`rejected:not_a_list`), else the reason of the last source that explained itself
+(`unsupported_language_java`), else `no_<name>`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from qeforge.evaluation.ground_truth import EXTRACTORS, NoGroundTruth
+from qeforge.evaluation.reference_types import Rejected, convert
 
 UNPARSED = "unparsed"
 _ABSENT = object()
@@ -30,6 +35,7 @@ _ABSENT = object()
 class Truth:
     values: dict[str, object] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # name -> source used, "none" if nothing had it
+    rejected: dict[str, str] = field(default_factory=dict)  # name -> "<source> rejected:<why>; ..." or ""
     unscorable: str | None = None  # the reason, when a required name has no value
 
 
@@ -54,17 +60,17 @@ def check_source(source: str, where: str, *, has_parser: bool) -> None:
         raise EvalSpecError(f"{where}: {source!r} needs a `parser`")
 
 
-def named_sources(spec) -> list[tuple[str, tuple[str, ...], bool]]:
-    """(name, sources, required) for every metric reference list and scorer input, each name once."""
+def named_sources(spec) -> list[tuple[str, tuple[str, ...], bool, str]]:
+    """(name, sources, required, type) for every metric reference list and scorer input, each name once."""
     out, seen = [], set()
     scorer = spec.scorer or {}
-    lists = [(reference_name(m.references), m.references, not m.optional) for m in spec.metrics]
-    lists += [(name, tuple(sources), name not in (scorer.get("optional_inputs") or ()))
+    lists = [(reference_name(m.references), m.references, not m.optional, m.reference_type) for m in spec.metrics]
+    lists += [(name, tuple(sources), name not in (scorer.get("optional_inputs") or ()), scorer["input_types"][name])
               for name, sources in (scorer.get("inputs") or {}).items()]
-    for name, sources, required in lists:
+    for name, sources, required, type_name in lists:
         if name not in seen:
             seen.add(name)
-            out.append((name, tuple(sources), required))
+            out.append((name, tuple(sources), required, type_name))
     return out
 
 
@@ -75,7 +81,8 @@ def _value(source: str, example: dict, parsed_reference):
     if kind == "metadata":
         return example["metadata"].get(key, _ABSENT) if isinstance(example.get("metadata"), dict) else _ABSENT
     if kind == "task":
-        return EXTRACTORS[key](example.get("task", ""))
+        task = example.get("task")
+        return EXTRACTORS[key](task if isinstance(task, str) else "")
     value = parsed_reference().get(source.removeprefix("reference.parsed."))
     return _ABSENT if value is None or value == UNPARSED or value == [] else value
 
@@ -88,20 +95,21 @@ def resolve_truth(spec, example: dict, parse=None) -> Truth:
             cache["value"] = parse(example["reference"], example.get("task", "")) if parse else {}
         return cache["value"]
 
-    for name, sources, required in named_sources(spec):
-        value, used, reason = None, "none", None
+    for name, sources, required, type_name in named_sources(spec):
+        value, used, reason, rejected = None, "none", None, []
         for source in sources:
             try:
                 found = _value(source, example, parsed_reference)
+                if found is not _ABSENT:
+                    value, used = convert(type_name, found), source
+                    break
             except NoGroundTruth as e:
                 reason = e.reason
-                continue
-            if found is not _ABSENT:
-                value, used = found, source
-                break
-        truth.values[name], truth.sources[name] = value, used
+            except Rejected as e:
+                rejected.append(f"{source} {e.reason}")
+        truth.values[name], truth.sources[name], truth.rejected[name] = value, used, "; ".join(rejected)
         if used == "none" and required and truth.unscorable is None:
-            truth.unscorable = reason or f"no_{name}"
+            truth.unscorable = (rejected[0].rpartition(" ")[2] if rejected else reason) or f"no_{name}"
     return truth
 
 

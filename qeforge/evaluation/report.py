@@ -48,6 +48,8 @@ def build_report(evals_dir: Path) -> dict:
             "base_score": score("base"),
             "claude_score": score("claude"),
             "score_range": summary.get("score_range"),
+            # Claude's recorded answers on their own truths: below 90% of the range the yardstick is off.
+            "reference_calibration": summary.get("reference_calibration") or {},
             "quality_ratio": summary.get("quality_ratio"),
             "target_ratio": entry["target_ratio"],
             "meets_target": summary.get("meets_target"),
@@ -73,7 +75,7 @@ def _f(value, spec: str = ".2f") -> str:
 
 
 def format_report(report: dict) -> str:
-    head = (f"{'category':18} {'adapter':>8} {'base':>7} {'claude':>7} {'ratio [95% CI]':>19} {'target':>11}  "
+    head = (f"{'category':18} {'adapter':>8} {'base':>7} {'claude':>7} {'ref/own':>8} {'ratio [95% CI]':>19} {'target':>11}  "
             f"{'signal':14} {'threshold':>9} {'local':>6} {'routed':>6} {'$ saved/1k':>10} {'CPT95':>6} {'APGR':>5} "
             f"{'unscorable':>10}")
     lines = [f"routing policy {report['policy_version']}", head, "-" * len(head)]
@@ -82,11 +84,19 @@ def format_report(report: dict) -> str:
         verdict = "pass" if r["meets_target"] else "FAIL"
         lines.append(
             f"{c:18} {_f(r['adapter_score'], '.3f'):>8} {_f(r['base_score'], '.3f'):>7} {_f(r['claude_score'], '.3f'):>7} "
+            f"{_f((r.get('reference_calibration') or {}).get('share_of_range'), '.0%'):>8} "
             f"{_f(q.get('value')):>5} [{_f(q.get('ci_low'))}, {_f(q.get('ci_high'))}] {verdict} >= {r['target_ratio']:.2f}  "
             f"{r['signal']:14} {_f(r['threshold'], '.3f'):>9} {_f(r['local_share'], '.0%'):>6} "
             f"{_f(r['routed_quality_ratio']):>6} {_f(r['savings_per_1k_usd'], '.3f'):>10} {_f(r['cpt_95']):>6} {_f(r['apgr']):>5} "
             f"{_f(r['n_unscorable'], 'd'):>4} of {_f(r['n_eval'], 'd'):<4}"
         )
+    for c, r in report["categories"].items():
+        calibration = r.get("reference_calibration") or {}
+        if calibration and not calibration["passed"]:
+            lines.append(f"{c}: CALIBRATION FAIL: Claude's recorded answers score {_f(calibration['share_of_range'], '.0%')} of the "
+                         f"range on their own truths (< {calibration['min_share_of_range']:.0%}); sources "
+                         f"{calibration['truth_sources']}, skipped {calibration['rejected_sources']}, "
+                         f"unscorable {calibration['unscorable_reasons']}")
     for c, r in report["categories"].items():
         if r.get("sandbox_isolation") == WEAK_ISOLATION:
             lines.append(f"{c}: {WEAK_ISOLATION}")
@@ -98,5 +108,6 @@ def format_report(report: dict) -> str:
         f"overall adapter/Claude (traffic-weighted): {_f(o.get('value'))} [{_f(o.get('ci_low'))}, {_f(o.get('ci_high'))}] "
         f"{'pass' if o.get('meets_target') else 'FAIL'} >= {_f(o.get('target'))}"
     )
-    lines.append("ratio: adapter alone vs Claude on the test split; routed: with the threshold, confirmed on test.")
+    lines.append("ratio: adapter alone vs Claude on the test split; routed: with the threshold, confirmed on test; "
+                 "ref/own: Claude's recorded answers scored on their own truths, as a share of the score range.")
     return "\n".join(lines)

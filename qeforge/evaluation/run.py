@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from qeforge.evaluation import routing, stats
+from qeforge.evaluation.calibration import reference_calibration, truth_counts
 from qeforge.evaluation.generate import generate, load_adapter_model, prompt_messages
 from qeforge.evaluation.sandbox import isolation_summary
 from qeforge.evaluation.references import resolve_truths
@@ -118,11 +119,16 @@ def evaluate_category(
         claude_idx = [i for i, e in enumerate(examples) if is_claude(e["model"])]
         claude = score([examples[i]["reference"] for i in claude_idx], claude_idx)
         scored["claude"] = claude.set_index(pd.Index(claude_idx)).reindex(everyone)
-        shared = ["id", "scorable", "unscorable_reason", *[c for c in scored["adapter"] if c.startswith("source_")]]
+        shared = ["id", *[c for c in scored["adapter"] if c.startswith(("source_", "rejected_"))]]
         frame = pd.concat([frame, scored["adapter"][shared[1:]]], axis=1)
         for who, part in scored.items():
             part = part.reset_index(drop=True).drop(columns=shared)
             frame = pd.concat([frame, part.add_prefix(f"{who}_")], axis=1)
+        # Paired comparisons need every model's answer scored: a metric that failed on one answer
+        # (metric_error) takes the example out for all; a missing truth already did.
+        reasons = frame[[f"{who}_unscorable_reason" for who in scored]].fillna("")
+        frame["unscorable_reason"] = reasons.apply(lambda row: next((r for r in row if r), ""), axis=1)
+        frame["scorable"] = frame["unscorable_reason"] == ""
         unscorable = int((~frame["scorable"]).sum())
         log(f"{spec.task}/{split}: scored {len(examples)} examples ({len(claude_idx)} with a Claude reference, "
             f"{unscorable} unscorable)")
@@ -146,15 +152,14 @@ def jsonable(value):
     return value
 
 
-def unscorable_counts(split: pd.DataFrame) -> dict:
-    """How many examples could not be scored and why, and which source gave each ground truth."""
-    if "scorable" not in split:
-        return {"n_unscorable": 0, "unscorable_reasons": {}, "truth_sources": {}}
-    reasons = split.loc[~split["scorable"], "unscorable_reason"].value_counts().sort_index()
-    sources = {c.removeprefix("source_"): {str(k): int(v) for k, v in split[c].value_counts().sort_index().items()}
-               for c in split if c.startswith("source_")}
-    return {"n_unscorable": int((~split["scorable"]).sum()),
-            "unscorable_reasons": {str(k): int(v) for k, v in reasons.items()}, "truth_sources": sources}
+def reference_answers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Claude's recorded answers as score_outputs scored them: `score`, `scorable`, `unscorable_reason`
+    and the ground-truth sources, one row per Claude-referenced example."""
+    rows = frame[frame["claude_reference"]]
+    # Frames built by hand (tests) may carry only the shared reason, or none.
+    reason = rows.get("claude_unscorable_reason", rows.get("unscorable_reason", pd.Series("", index=rows.index))).fillna("")
+    return rows[[c for c in rows if c.startswith(("source_", "rejected_"))]].assign(
+        score=rows["claude_score"], scorable=reason == "", unscorable_reason=reason)
 
 
 def _triple(values) -> dict:
@@ -176,7 +181,7 @@ def summarize(spec: EvalSpec, frame: pd.DataFrame, *, seed: int = 0) -> dict:
         "eval_split": spec.eval_split,
         "n_eval": int(len(split)),
         "n_scored": int(len(ev)),
-        **unscorable_counts(split),
+        **truth_counts(split),
         "n_paired": int(len(paired)),
         "score_range": list(spec.score_range),
         "adapter_score": _triple(stats.mean_ci(a, seed=seed)),
@@ -189,6 +194,8 @@ def summarize(spec: EvalSpec, frame: pd.DataFrame, *, seed: int = 0) -> dict:
         "adapter_gain_over_base": float(np.mean(a - b)) if len(a) else float("nan"),
         "target_ratio": spec.target_ratio,
         "meets_target": bool(ratio[0] >= spec.target_ratio),
+        # Claude's recorded answers on their own truths, every split evaluated: is the yardstick sound?
+        "reference_calibration": reference_calibration(spec.score_range, reference_answers(frame)),
         # Plain words for the report and the model card when generated code ran without bubblewrap.
         "sandbox_isolation": isolation_summary(
             v for who in ("adapter", "base", "claude") if f"{who}_sandbox_isolation" in frame

@@ -130,9 +130,11 @@ def run_tests(
     *,
     mutants: Sequence[str] = (),
     limits: SandboxLimits = SandboxLimits(),
+    scope: str | None = None,
 ) -> SandboxResult:
     """Run `test_source` (saved as test_generated.py) against `focal_source` (saved as <module>.py),
-    then against a behaviour-preserving control and each mutant, every run in a fresh sandbox."""
+    then against a behaviour-preserving control and each mutant, every run in a fresh sandbox.
+    Coverage is of the function or method `scope` (a qualified name) when the focal code has it."""
     bwrap = bwrap_available() if limits.use_bwrap is None else limits.use_bwrap
     if not bwrap and not limits.audit_hook:
         raise ValueError("audit_hook=False needs bubblewrap: without it the hook is the only guard")
@@ -163,7 +165,7 @@ def run_tests(
         escaped = not _canary_intact(canary, token)
         shutil.rmtree(canary_dir, ignore_errors=True)
     final = original.final
-    line_cov, branch_cov, missing = _coverage(original_source, final["arcs"]) if final else (0.0, 0.0, [])
+    line_cov, branch_cov, missing = _coverage(original_source, final["arcs"], scope) if final else (0.0, 0.0, [])
     blocked = list(dict.fromkeys(b for r in runs for b in r.blocked))[:MAX_BLOCKED]
     counts = final or original.progress
     return SandboxResult(
@@ -420,10 +422,10 @@ def _read_records(text: str, log_tail: str, timed_out: bool, duration: float, ha
     return _Run(final, progress, list(dict.fromkeys(blocked)), log_tail, timed_out, duration)
 
 
-def _coverage(source: str, arcs: list[tuple[int, int]]) -> tuple[float, float, list[int]]:
-    """(line, branch) coverage of the focal source and its never-executed statements, computed here from
-    the arcs a run reported: a run can only name arcs, and arcs the source does not have count for
-    nothing. (0, 0, []) if none ran."""
+def _coverage(source: str, arcs: list[tuple[int, int]], scope: str | None = None) -> tuple[float, float, list[int]]:
+    """(line, branch) coverage of the focal source, or of its function `scope`, and the source's
+    never-executed statements, computed here from the arcs a run reported: a run can only name arcs,
+    and arcs the source does not have count for nothing. (0, 0, []) if none ran."""
     import coverage
 
     with tempfile.TemporaryDirectory(prefix="qeforge-coverage-") as d:
@@ -440,7 +442,9 @@ def _coverage(source: str, arcs: list[tuple[int, int]]) -> tuple[float, float, l
             files = list(json.load(f)["files"].values())
     if not files or not files[0]["summary"]["covered_lines"]:
         return 0.0, 0.0, []
-    s = files[0]["summary"]
+    s = files[0].get("functions", {}).get(scope, files[0])["summary"]
+    if not s["num_statements"]:
+        return 0.0, 0.0, sorted(files[0]["missing_lines"])
     lines = s["covered_lines"] / s["num_statements"]
     branches = s["covered_branches"] / s["num_branches"] if s["num_branches"] else 1.0
     return lines, branches, sorted(files[0]["missing_lines"])

@@ -2,7 +2,9 @@
 combine the per-example columns into the one `score` the quality ratio and routing use.
 
 The same function scores the adapter, the base model and Claude's recorded answers, so all
-three are measured by identical code.
+three are measured by identical code. One bad row cannot take a category down: a metric module that
+raises on a batch is run again one example at a time, and the examples it still fails on become
+`unscorable` (`metric_error:<module>`; a scorer function's, `metric_error:<function>`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
+from qeforge.evaluation.reference_types import as_prediction
 from qeforge.evaluation.references import Truth, reference_name, resolve_truths
 from qeforge.evaluation.spec import METRICS_DIR, EvalSpec, EvalSpecError, resolve
 
@@ -31,19 +34,41 @@ def _field(name: str, output: str, example: dict, parsed: dict):
     if name == "output":
         return output
     source, _, key = name.partition(".")
-    table = {"parsed": parsed, "metadata": example.get("metadata") or {}}.get(source)
+    metadata = example.get("metadata") if isinstance(example.get("metadata"), dict) else {}
+    table = {"parsed": parsed, "metadata": metadata}.get(source)
     if table is None or not key:
         raise EvalSpecError(f"prediction {name!r}: use output, parsed.<field> or metadata.<field>")
     return table.get(key)
 
 
-def _as_label(value):
-    # A null label (e.g. no cause for a deterministic test) compares as the word the answers use.
-    return "none" if value is None else value
+def _compute(module: str, predictions: list, references: list) -> tuple[dict, list[int]]:
+    """The module's result over the examples it can score, and the positions of those it cannot.
+
+    Any exception counts: evaluate modules raise whatever their features or code raise (ValueError on
+    a format, OverflowError on a line number past int64, TypeError, ...), and the rest of the batch
+    deserves its scores."""
+    metric = load_metric(module)
+    try:
+        return metric.compute(predictions=predictions, references=references), []
+    except Exception:
+        failed = []
+        for k, (p, r) in enumerate(zip(predictions, references)):
+            try:
+                metric.compute(predictions=[p], references=[r])
+            except Exception:
+                failed.append(k)
+        keep = sorted(set(range(len(predictions))) - set(failed))
+        if not keep:
+            return {}, failed
+        return metric.compute(predictions=[predictions[k] for k in keep], references=[references[k] for k in keep]), failed
 
 
-def _identity(value):
-    return value
+def _scorer_row(scorer, output, inputs: dict, kwargs: dict) -> dict | None:
+    """One example's scorer row, or None when the scorer raises on it (the example becomes unscorable)."""
+    try:
+        return scorer(output, inputs, **kwargs)
+    except Exception:  # a scorer's own bug on one odd example must not cost the category its evaluation
+        return None
 
 
 def _weighted_score(frame: pd.DataFrame, weights: dict[str, float]) -> pd.Series:
@@ -69,15 +94,18 @@ def score_outputs(spec: EvalSpec, outputs: list[str], examples: list[dict], *, t
     n = len(examples)
     parse = resolve(spec.parser) if spec.parser else (lambda output, task="": {})
     parsed = [parse(o, e.get("task", "")) for o, e in zip(outputs, examples)]
-    scorable = [i for i, t in enumerate(truths) if t.unscorable is None]
+    reasons = [t.unscorable for t in truths]  # grows as metrics fail on examples
     columns: dict[str, list] = {}
     aggregates: dict[str, float] = {}
     for m in spec.metrics:
-        name, norm = reference_name(m.references), resolve(m.normalize) if m.normalize else _identity
-        rows = [i for i in scorable if truths[i].sources[name] != "none"]  # an optional metric may lack one
-        predictions = [norm(_as_label(_field(m.predictions, outputs[i], examples[i], parsed[i]))) for i in rows]
-        references = [norm(_as_label(truths[i].values[name])) for i in rows]
-        result = load_metric(m.module).compute(predictions=predictions, references=references) if rows else {}
+        name = reference_name(m.references)
+        # An optional metric may lack a reference; an example an earlier metric failed on is out.
+        rows = [i for i in range(n) if reasons[i] is None and truths[i].sources[name] != "none"]
+        predictions = [as_prediction(m.reference_type, _field(m.predictions, outputs[i], examples[i], parsed[i])) for i in rows]
+        result, failed = _compute(m.module, predictions, [truths[i].values[name] for i in rows]) if rows else ({}, [])
+        for k in failed:
+            reasons[rows[k]] = f"metric_error:{m.module}"
+        rows = [i for i in rows if reasons[i] is None]
         for key, column in m.per_example.items():
             columns[column] = [math.nan] * n
             for i, value in zip(rows, result.get(key, [])):
@@ -86,20 +114,25 @@ def score_outputs(spec: EvalSpec, outputs: list[str], examples: list[dict], *, t
             aggregates[agg] = float(result.get(key, math.nan))
     if spec.scorer:
         scorer, kwargs = resolve(spec.scorer["function"]), dict(spec.scorer.get("kwargs") or {})
-        inputs = list(spec.scorer.get("inputs") or {})
+        inputs, todo = list(spec.scorer.get("inputs") or {}), [i for i in range(n) if reasons[i] is None]
         # Scorers that run sandboxes spend their time in subprocesses: threads keep the cores busy.
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            rows = list(pool.map(lambda i: scorer(outputs[i], {k: truths[i].values[k] for k in inputs}, **kwargs), scorable))
-        for key in rows[0] if rows else ():
+            rows = list(pool.map(lambda i: _scorer_row(scorer, outputs[i], {k: truths[i].values[k] for k in inputs}, kwargs), todo))
+        for i, row in zip(todo, rows):
+            if row is None:
+                reasons[i] = f"metric_error:{spec.scorer['function'].rpartition(':')[2]}"
+        done = [(i, row) for i, row in zip(todo, rows) if row is not None]
+        for key in done[0][1] if done else ():
             columns[key] = [None] * n
-            for i, row in zip(scorable, rows):
+            for i, row in done:
                 columns[key][i] = row[key]
     frame = pd.DataFrame({
         "id": [e["id"] for e in examples],
         "output": outputs,
-        "scorable": [t.unscorable is None for t in truths],
-        "unscorable_reason": [t.unscorable or "" for t in truths],
+        "scorable": [r is None for r in reasons],
+        "unscorable_reason": [r or "" for r in reasons],
         **{f"source_{k}": [t.sources[k] for t in truths] for k in (truths[0].sources if truths else ())},
+        **{f"rejected_{k}": [t.rejected[k] for t in truths] for k in (truths[0].rejected if truths else ())},
         **columns,
     })
     for column in [spec.score_column] if spec.score_column else list(spec.score_weights):

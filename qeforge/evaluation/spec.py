@@ -1,6 +1,7 @@
 """Eval specs: one declarative YAML per category under evals/tasks/, in the spirit of
 lm-evaluation-harness task files. Code enters only through named functions (parser, scorer);
-metrics are evaluate modules shipped under evals/metrics/.
+metrics are evaluate modules shipped under evals/metrics/. Every reference list declares its type
+(reference_types.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from qeforge.categories import CATEGORIES
+from qeforge.evaluation.reference_types import TYPES
 from qeforge.locations import project_path
 
 TASKS_DIR = project_path("evals/tasks")
@@ -31,8 +33,8 @@ KEYS = {
     "metadata": {"version"},
     "dataset": {"tune_split", "eval_split"},
     "generation": {"max_new_tokens"},  # decoding is greedy (generate.py): there is nothing to sample
-    "scorer": {"function", "kwargs", "inputs", "optional_inputs"},
-    "metric": {"module", "predictions", "references", "per_example", "aggregate", "normalize", "optional"},
+    "scorer": {"function", "kwargs", "inputs", "input_types", "optional_inputs"},
+    "metric": {"module", "predictions", "references", "reference_type", "per_example", "aggregate", "optional"},
     "score": {"column", "weights", "range"},
     "targets": {"quality_ratio"},
 }
@@ -43,10 +45,10 @@ PROMPTS = ("chat",)  # chat: the system and user turns of `messages`, the record
 class MetricSpec:
     module: str  # a directory under evals/metrics
     predictions: str  # "output", "parsed.<field>" or "metadata.<field>"
-    references: tuple[str, ...]  # sources (references.py); the first one present wins
+    references: tuple[str, ...]  # sources (references.py); the first one that converts wins
+    reference_type: str | None  # what the references must be (reference_types.TYPES); required
     per_example: dict[str, str]  # evaluate result key -> column name
     aggregate: dict[str, str] = field(default_factory=dict)  # corpus-level result key -> name
-    normalize: str | None = None  # "module:function" applied to predictions and references (label maps)
     optional: bool = False  # no reference: this metric is left out of the score instead of the example
 
 
@@ -97,9 +99,9 @@ def load_spec(category: str, tasks_dir: Path = TASKS_DIR) -> EvalSpec:
                 module=m["module"],
                 predictions=m["predictions"],
                 references=tuple(m["references"]) if isinstance(m["references"], list) else (m["references"],),
+                reference_type=m.get("reference_type"),
                 per_example=dict(m.get("per_example", {})),
                 aggregate=dict(m.get("aggregate", {})),
-                normalize=m.get("normalize"),
                 optional=bool(m.get("optional", False)),
             )
             for m in raw.get("metrics") or []
@@ -163,6 +165,13 @@ def _check(spec: EvalSpec, where: str) -> None:
     for m in spec.metrics:
         if not (METRICS_DIR / m.module / f"{m.module}.py").exists():
             raise EvalSpecError(f"{where}: metric module {m.module!r} not found under {METRICS_DIR}")
-    for dotted in filter(None, [spec.parser, (spec.scorer or {}).get("function"), *(m.normalize for m in spec.metrics)]):
+    scorer = spec.scorer or {}
+    typed = [(f"metric {m.module!r} reference_type", m.reference_type) for m in spec.metrics]
+    typed += [(f"scorer input {name!r} in input_types", (scorer.get("input_types") or {}).get(name))
+              for name in scorer.get("inputs") or {}]
+    for what, type_name in typed:
+        if type_name not in TYPES:
+            raise EvalSpecError(f"{where}: {what} is {type_name!r}; declare one of {sorted(TYPES)}")
+    for dotted in filter(None, [spec.parser, scorer.get("function")]):
         resolve(dotted)
 

@@ -12,9 +12,9 @@ import itertools
 import random
 import re
 
-from qeforge.evaluation.ground_truth import suite_module
 from qeforge.evaluation.pyparse import compile_module, parse
 from qeforge.evaluation.sandbox import SandboxLimits, run_tests
+from qeforge.evaluation.suites import suite_module
 
 DEFAULT_RUBRIC = {"coverage": 40, "edge_cases": 30, "syntax": 15, "logic": 15}
 
@@ -129,9 +129,13 @@ def score_test_generation(
     """One flat row of scores for a model's answer to a test-generation task.
 
     `inputs` holds `focal_code` (a function, a class or a module) and optionally `module`, the name
-    the tests import it from; without one, the name the suite imports (ground_truth.suite_module).
+    the tests import it from; without one, the name the suite imports. A suite that takes `unittest`,
+    the focal class or the focal module's imports for granted runs in the focal module's namespace
+    (suites.py), as the benchmark harnesses that wrote it do.
     Suites may be pytest or unittest: pytest runs both.
 
+    - Coverage is of `focal_function` (a method's qualified name) when the task names one, else of
+      the whole focal code.
     - `edge_coverage` is branch coverage: the share of the focal code's branch outcomes the suite
       exercises. Boundaries and error paths live on branches (the `if x < lo` both ways, the
       `raise`), so it rewards exactly the edge cases the rubric asks for, measured, not guessed.
@@ -150,8 +154,9 @@ def score_test_generation(
             "escaped": False, "blocked": [], "duration_s": 0.0, "sandbox_isolation": None,
         }
     focal = inputs["focal_code"]
-    module, tests = (inputs["module"], tests) if inputs.get("module") else suite_module(tests, focal)
-    result = run_tests(tests, focal, module, mutants=make_mutants(focal, n_mutants), limits=limits)
+    module, tests = suite_module(tests, inputs.get("module"))
+    result = run_tests(tests, focal, module, mutants=make_mutants(focal, n_mutants), limits=limits,
+                       scope=inputs.get("focal_function"))
     pass_rate = result.passed / result.n_tests if result.n_tests else 0.0
     mutation = result.mutants_killed / result.mutants if result.mutants and pass_rate == 1.0 else 0.0
     points = (
