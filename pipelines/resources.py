@@ -17,7 +17,7 @@ from qeforge.evaluation.routing import Prices
 from qeforge.locations import default_locations, is_uri, project_path
 from qeforge.serving.app import Settings
 from qeforge.serving.batching import DEFAULT_MAX_BATCH
-from qeforge.serving.engine import DEFAULT_MIN_CATEGORY_PROBABILITY
+from qeforge.serving.engine import DEFAULT_MIN_CATEGORY_PROBABILITY, DEFAULT_MIN_CATEGORY_SIMILARITY
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL
 from qeforge.serving.requests import DEFAULT_MAX_BODY_BYTES
 from qeforge.training.adapters import latest_adapters
@@ -214,6 +214,9 @@ class ServingSettings(dg.ConfigurableResource):
     model_aliases: dict[str, str] = Field(default_factory=dict, description="model name -> category it pins")
     min_category_probability: float = Field(default=DEFAULT_MIN_CATEGORY_PROBABILITY,
                                             description='below it the classifier says "none" and the call escalates')
+    min_category_similarity: float = Field(default=DEFAULT_MIN_CATEGORY_SIMILARITY,
+                                           description='"none" too when the nearest known-good row of the '
+                                           "category is less similar than this (cosine)")
     registry_cache_dir: str = Field(default="", description="adapters fetched from a remote registry's artifacts; "
                                     "empty: <QEFORGE_HOME>/serving/registry_cache")
 
@@ -236,7 +239,8 @@ class ServingSettings(dg.ConfigurableResource):
             max_body_bytes=self.max_body_bytes or int(env.get("QEFORGE_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
             escalation=escalation, claude_model=self.claude_model or env.get("QEFORGE_CLAUDE_MODEL") or DEFAULT_CLAUDE_MODEL,
             fallback=self.fallback or env.get("QEFORGE_FALLBACK") or "local", model_aliases=dict(self.model_aliases),
-            min_category_probability=self.min_category_probability)
+            min_category_probability=self.min_category_probability,
+            min_category_similarity=self.min_category_similarity)
 
 
 # The configured resources: Definitions, the CLI and the main job all read these, so a path or

@@ -124,7 +124,7 @@ def test_a_client_that_disconnects_has_its_request_dropped(artefacts, serve):
         wait_for(lambda: eng.batcher.waiting == 1, "the request to queue")
         client.close()
         wait_for(lambda: all(r.cancelled.is_set() for r in eng.batcher._backlog), "the shim to see the disconnect")
-    metric = 'qeforge_requests_total{protocol="openai",category="none",decision="cancelled",reason="client_closed",status="499"} 1.0'
+    metric = 'qeforge_requests_total{category="none",decision="cancelled",protocol="openai",reason="client_closed",status="499"} 1.0'
     wait_for(lambda: metric in httpx.get(f"{s.url}/metrics").text, "the dropped request to be counted")
     r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": f"qeforge-{SERVED[0]}", "messages": PROMPT,
                                                           "max_tokens": MAX})
@@ -184,7 +184,7 @@ def test_onnx_backend_refuses_an_adapter_whose_model_fails_parity(artefacts, ser
     # `stale` is pointed at the graph of another adapter: what a stale or mixed-up export dir looks like.
     snap = replace(snap, adapters={c: replace(a, onnx_dir=onnx_dir) for c, a in snap.adapters.items()})
     with caplog.at_level(logging.ERROR, logger="qeforge.serving.backends"):
-        eng = Engine(FixedSource(snap), backend="onnx", fallback="decline", onnx_cache_dir=tmp_path / "cache")
+        eng = Engine(FixedSource(snap), backend="onnx", onnx_cache_dir=tmp_path / "cache")
     assert [r.message for r in caplog.records if stale in r.message and "does not match PyTorch" in r.message]
     assert good not in eng.refused
 
@@ -194,6 +194,6 @@ def test_onnx_backend_refuses_an_adapter_whose_model_fails_parity(artefacts, ser
     assert set(health["refused"]) == {stale} and "does not match PyTorch" in health["refused"][stale]
     assert {m["id"] for m in httpx.get(f"{s.url}/v1/models").json()["data"]} == {f"qeforge-{good}", "qeforge"}
     r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": f"qeforge-{stale}", "messages": PROMPT, "max_tokens": MAX})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "no_local_model"  # no Claude here: declined
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_local_model"  # nothing local, no Claude: declined
     r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": f"qeforge-{good}", "messages": PROMPT, "max_tokens": MAX})
     assert r.json()["choices"][0]["message"]["content"] == serial.complete(chat_call(f"qeforge-{good}", PROMPT, max_tokens=MAX)).text

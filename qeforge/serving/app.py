@@ -28,7 +28,8 @@ from starlette.requests import ClientDisconnect
 
 from qeforge.serving import anthropic_api, ollama_api, openai_api
 from qeforge.serving.batching import DEFAULT_MAX_BATCH
-from qeforge.serving.engine import DEFAULT_MIN_CATEGORY_PROBABILITY, Declined, Engine, ServingError
+from qeforge.serving.engine import (DEFAULT_MIN_CATEGORY_PROBABILITY, DEFAULT_MIN_CATEGORY_SIMILARITY, Declined, Engine,
+                                    ServingError)
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL, Escalation
 from qeforge.serving.gateway import Gateway, protocol_of
 from qeforge.serving.requests import DEFAULT_MAX_BODY_BYTES, BadRequest
@@ -57,11 +58,13 @@ class Settings:
     fallback: str = "local"
     model_aliases: dict[str, str] = field(default_factory=dict)
     min_category_probability: float = DEFAULT_MIN_CATEGORY_PROBABILITY
+    min_category_similarity: float = DEFAULT_MIN_CATEGORY_SIMILARITY
 
     def build_engine(self) -> Engine:
         return Engine(self.source, backend=self.backend, escalation=self.escalation, claude_model=self.claude_model,
                       fallback=self.fallback, model_aliases=self.model_aliases,
-                      min_category_probability=self.min_category_probability, classifier_path=self.classifier_path,
+                      min_category_probability=self.min_category_probability,
+                      min_category_similarity=self.min_category_similarity, classifier_path=self.classifier_path,
                       onnx_cache_dir=self.onnx_cache_dir, max_batch=self.max_batch, db=self.db)
 
 

@@ -66,8 +66,7 @@ class ClaudeEscalation:
         choices, usage = [], {"input_tokens": 0, "output_tokens": 0}
         for _ in range(call.n):
             reply = self.client.messages.create(**messages_create_kwargs(call, model))
-            blocks = [b.model_dump(exclude_none=True) if hasattr(b, "model_dump") else dict(b) for b in reply.content]
-            blocks = [b for b in blocks if b.get("type") in KEPT_BLOCKS]
+            blocks = [b.model_dump(exclude_none=True) for b in reply.content if b.type in KEPT_BLOCKS]
             choices.append(Choice(blocks, FINISH.get(reply.stop_reason, "stop"), getattr(reply, "stop_sequence", None)))
             for k in usage:
                 usage[k] += int(getattr(reply.usage, k, 0) or 0)

@@ -115,6 +115,8 @@ def _turns(messages: list[Message]) -> tuple[list[dict], list[dict]]:
     system, turns = [], []
     for i, m in enumerate(messages):
         where = f"messages[{i}].content"
+        if m.content is None and not (m.role == "assistant" and m.tool_calls):
+            raise _param(where, "a string or a list of content parts (null only for an assistant's tool calls)")
         if m.role in ("system", "developer"):
             system += [b for b in _blocks(m.content, where) if b["type"] == "text"]
         elif m.role == "tool":
