@@ -121,7 +121,7 @@ def test_every_fixture_request_is_answered_in_its_own_protocols_shape(url, confi
     assert placed["096.json"] == placed["141.json"] == placed["156.json"] == "none"
     print("categories:", placed)
     chats = sum(routes.values())
-    assert chats == sum(r["path"] in CHAT_PATHS for r in RECORDED.values()) == 14
+    assert chats == sum(r["path"] in CHAT_PATHS for r in RECORDED.values()) == 15
     assert {d for _, _, d, _ in routes} <= {"local", "escalated"}
     # What Claude received is the client's own request: agentic-qe's Claude call (153) as it was sent.
     sent = next(r["body"] for r in claude.requests if r["body"]["model"] == "claude-sonnet-4-6")

@@ -347,8 +347,9 @@ class Engine:
         failed = None
         if self.escalation is not None:
             answered, failed = self._claude(call, timings)
-            if answered is not None:
-                return self._escalated(call, answered, category, reason, plan, local, timings)
+            if answered is not None:  # the plan's adapter is reported only if it was the call's own category
+                return self._escalated(call, answered, category, reason, plan if plan and plan.category == category else None,
+                                       local, timings)
         if self.fallback == "local" and plan is not None:
             local = local or self._generated(self._submit(state, plan, call, cancelled))
             if plan.signal == "mean_logprob":
