@@ -9,6 +9,7 @@ import pytest
 
 from qeforge.serving import anthropic_api, ollama_api, openai_api
 from qeforge.serving.formats import parses, required_format
+from test_serving import artefacts  # noqa: F401 (fixture)
 from tiny_models import chat_call
 
 FIXTURES = Path(__file__).parent / "fixtures" / "agentic-qe-3.14-llm-requests"
@@ -78,3 +79,25 @@ def test_code_block_parses_exactly_one_closed_fence(text, usable):
 def test_an_unknown_format_is_an_error_not_a_pass():
     with pytest.raises(ValueError, match="unknown format"):
         parses("yaml", "a: 1")
+
+
+@pytest.mark.slow
+def test_a_confident_local_answer_that_does_not_parse_is_not_returned_as_confident(artefacts):
+    from qeforge.serving.engine import Declined
+    from test_serving import make_engine, policy
+
+    engine = make_engine(artefacts, policy(), fallback="decline")  # threshold -inf: any finished answer is confident
+    # The tiny adapter's greedy answers, cut at a stop string so they finish ("stop", not "truncated"):
+    # to a plain prompt it is confident; to one demanding JSON the same kind of text cannot be used.
+    plain = engine.complete(chat_call("qeforge-test-generation", [{"role": "user", "content": "def add(a, b):\n    return a + b"}],
+                                      max_tokens=30, stop=["G"]))
+    assert (plain.decision, plain.reason, plain.choices[0].finish) == ("local", "confident", "stop")
+    demanding = chat_call("qeforge-test-generation", [{"role": "user", "content": "Return a JSON object."}], max_tokens=30,
+                          stop=["G"])
+    with pytest.raises(Declined) as declined:  # no Claude and fallback "decline": a 503 naming the reason
+        engine.complete(demanding)
+    assert declined.value.reason == "unparseable:json"
+    engine.fallback = "local"  # without Claude, fallback "local" still answers, marked as what it is
+    marked = engine.complete(demanding)
+    assert (marked.decision, marked.reason, marked.choices[0].finish) == ("local_fallback", "unparseable:json", "stop")
+    assert not parses("json", marked.text)

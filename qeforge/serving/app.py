@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from qeforge.serving.batching import DEFAULT_MAX_BATCH
 from qeforge.serving.engine import DEFAULT_MIN_CATEGORY_PROBABILITY, Declined, Engine, ServingError
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL, Escalation
 from qeforge.serving.gateway import Gateway, protocol_of
+from qeforge.serving.recording import DEFAULT_REDACT_PATTERNS, Recorder
 from qeforge.serving.requests import DEFAULT_MAX_BODY_BYTES, BadRequest
 from qeforge.serving.source import AdapterSource
 
@@ -57,6 +59,11 @@ class Settings:
     fallback: str = "local"
     model_aliases: dict[str, str] = field(default_factory=dict)
     min_category_probability: float = DEFAULT_MIN_CATEGORY_PROBABILITY
+    record_exchanges: bool = True  # every exchange into db's `exchanges` table (recording.py); no db, no recording
+    redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS  # matches become [REDACTED] before a row is written
+
+    def build_recorder(self) -> Recorder:
+        return Recorder(self.db, enabled=self.record_exchanges and self.db is not None, redact_patterns=self.redact_patterns)
 
     def build_engine(self) -> Engine:
         return Engine(self.source, backend=self.backend, escalation=self.escalation, claude_model=self.claude_model,
@@ -76,16 +83,25 @@ class _Unauthorized(Exception):
 
 
 def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = None,
-               max_body_bytes: int | None = None) -> FastAPI:
+               max_body_bytes: int | None = None, recorder: Recorder | None = None) -> FastAPI:
+    """recorder: where exchanges go (Settings build theirs; an engine alone records nothing); closed,
+    so flushed, when the server shuts down."""
     if isinstance(engine_or_settings, Settings):
         engine = engine_or_settings.build_engine()
         api_key = api_key if api_key is not None else engine_or_settings.api_key
         max_body_bytes = max_body_bytes if max_body_bytes is not None else engine_or_settings.max_body_bytes
+        recorder = recorder or engine_or_settings.build_recorder()
     else:
         engine = engine_or_settings
-    gateway = Gateway(engine, max_body_bytes if max_body_bytes is not None else DEFAULT_MAX_BODY_BYTES)
-    app = FastAPI(title="qeforge gateway", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine, app.state.metrics = engine, gateway.metrics
+    gateway = Gateway(engine, max_body_bytes if max_body_bytes is not None else DEFAULT_MAX_BODY_BYTES, recorder)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(gateway.recorder.close)
+
+    app = FastAPI(title="qeforge gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine, app.state.metrics, app.state.recorder = engine, gateway.metrics, gateway.recorder
 
     def has_key(request: Request) -> bool:
         """OpenAI's and Ollama's clients send 'Authorization: Bearer <key>', Anthropic's 'x-api-key: <key>'."""
