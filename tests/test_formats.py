@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from test_serving import artefacts  # noqa: F401 (fixture)
+from tiny_models import chat_call
 
 from qeforge.serving import anthropic_api, ollama_api, openai_api
 from qeforge.serving.formats import parses, required_format
-from test_serving import artefacts  # noqa: F401 (fixture)
-from tiny_models import chat_call
 
 FIXTURES = Path(__file__).parent / "fixtures" / "agentic-qe-3.14-llm-requests"
 CALLS = {"/v1/chat/completions": openai_api.chat_call, "/v1/messages": anthropic_api.messages_call,
@@ -83,8 +83,9 @@ def test_an_unknown_format_is_an_error_not_a_pass():
 
 @pytest.mark.slow
 def test_a_confident_local_answer_that_does_not_parse_is_not_returned_as_confident(artefacts):
-    from qeforge.serving.engine import Declined
     from test_serving import make_engine, policy
+
+    from qeforge.serving.engine import Declined
 
     engine = make_engine(artefacts, policy(), fallback="decline")  # threshold -inf: any finished answer is confident
     # The tiny adapter's greedy answers, cut at a stop string so they finish ("stop", not "truncated"):

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_serving import PROMPT, artefacts, make_engine, policy  # noqa: F401 (fixtures)
+from tiny_models import chat_call
 
 from qeforge import store
 from qeforge.serving.chat import Choice, Completion, text_block
 from qeforge.serving.engine import Declined
 from qeforge.serving.recording import EXCHANGES, REDACTED, Exchange, Recorder, Redactor
-from test_serving import PROMPT, artefacts, make_engine, policy  # noqa: F401 (fixtures)
-from tiny_models import chat_call
 
 FIXTURES = Path(__file__).parent / "fixtures" / "agentic-qe-3.14-llm-requests"
 RECORDED = {p.stem: json.loads(p.read_text()) for p in sorted(FIXTURES.glob("*.json"))}
@@ -121,10 +121,10 @@ def replay(url: str, name: str, *, caller: str, plant: bool = False) -> httpx.Re
 @pytest.mark.slow
 def test_replayed_fixtures_are_recorded_once_each_with_who_answered_and_no_secret(artefacts, tmp_path):
     import anthropic
+    from servers import BackgroundServer, StandInClaude
 
     from qeforge.serving.app import create_app
     from qeforge.serving.escalation import ClaudeEscalation
-    from servers import BackgroundServer, StandInClaude
 
     db = store.connect(str(tmp_path / "lancedb"))
     claude = StandInClaude().start()
