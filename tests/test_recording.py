@@ -53,6 +53,8 @@ def test_default_patterns_redact_keys_tokens_and_passwords_and_keep_the_rest():
     # Structures are walked, keys kept; text that only looks similar is left alone.
     assert redact({"m": [{"text": PLANTED}], "n": 3}) == {"m": [{"text": REDACTED}], "n": 3}
     assert redact("task-runner, sk-short, AKIA lowercase") == "task-runner, sk-short, AKIA lowercase"
+    with pytest.raises(ValueError, match="redact pattern"):  # reported at startup, not on the first row
+        Redactor([r"password=("])
 
 
 def test_each_exchange_is_one_row_and_close_flushes_what_is_queued(tmp_path):

@@ -12,8 +12,9 @@ appends up to `batch_rows` rows per LanceDB commit, at least every `flush_s`. A 
 exchange and counts it (`dropped`; qeforge_exchanges_dropped_total in /metrics): a slow store never
 slows an answer. `close` flushes what is queued. Each append is one Lance commit: the data files are
 written first and the new table version is published atomically after them, so a process killed
-mid-write loses the batch in hand (at most `batch_rows` rows, or `flush_s` of traffic) and leaves the
-table at its previous version, readable, with at most orphaned data files that no version references.
+mid-write loses what was not yet appended (about `flush_s` of traffic while the store keeps up; at
+most the queue plus the batch in hand) and leaves the table at its previous version, readable, with
+at most orphaned data files that no version references.
 """
 
 from __future__ import annotations
@@ -103,7 +104,12 @@ class Redactor:
     """Every match of any pattern, in every string of a value (dicts and lists walked), as [REDACTED]."""
 
     def __init__(self, patterns=DEFAULT_REDACT_PATTERNS):
-        self.patterns = [re.compile(p) for p in patterns]  # a bad pattern fails at startup, not per row
+        self.patterns = []
+        for p in patterns:  # a bad pattern fails at startup (as the ValueError `qeforge serve` reports), not per row
+            try:
+                self.patterns.append(re.compile(p))
+            except re.error as err:
+                raise ValueError(f"redact pattern {p!r}: {err}") from None
 
     def __call__(self, value):
         if isinstance(value, str):
