@@ -4,7 +4,8 @@ Protocol layers (thin translations onto chat.ChatCall, as vLLM's and llama.cpp's
 openai_api (/v1/chat/completions, /v1/models, /v1/embeddings), anthropic_api (/v1/messages,
 /v1/messages/count_tokens), ollama_api (/api/chat, /api/generate, /api/tags, /api/version, /api/embed).
 Errors come back in the shape of the protocol the path belongs to; a 500 never carries a stack
-trace (it is logged server-side). Every answer names who answered and why (X-QEForge-Route).
+trace (it is logged server-side). Every answer names who answered and why (X-QEForge-Route), and
+every exchange, answered or declined, is recorded off the request path (recording.py).
 
 Bad input gets a 4xx, never a 500: the body is read up to `max_body_bytes` (413 beyond it), parsed,
 searched for lone surrogates (they cannot be encoded, so they would fail later), then validated
@@ -101,7 +102,7 @@ def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = N
         await run_in_threadpool(gateway.recorder.close)
 
     app = FastAPI(title="qeforge gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.engine, app.state.metrics, app.state.recorder = engine, gateway.metrics, gateway.recorder
+    app.state.engine, app.state.metrics = engine, gateway.metrics
 
     def has_key(request: Request) -> bool:
         """OpenAI's and Ollama's clients send 'Authorization: Bearer <key>', Anthropic's 'x-api-key: <key>'."""
