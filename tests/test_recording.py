@@ -142,6 +142,7 @@ def test_replayed_fixtures_are_recorded_once_each_with_who_answered_and_no_secre
             engine.escalation, engine.fallback = None, "decline"  # no Claude: each call routed away is a 503
             declined = replay(server.url, "097", caller="declined-097")
             assert declined.status_code == 503
+            assert "qeforge_exchanges_dropped_total 0.0" in httpx.get(f"{server.url}/metrics").text
         # The server stopped: its lifespan closed the recorder, so every queued row is in.
     finally:
         claude.stop()
