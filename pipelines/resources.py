@@ -19,6 +19,7 @@ from qeforge.serving.app import Settings
 from qeforge.serving.batching import DEFAULT_MAX_BATCH
 from qeforge.serving.engine import DEFAULT_MIN_CATEGORY_PROBABILITY, DEFAULT_MIN_CATEGORY_SIMILARITY
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL
+from qeforge.serving.recording import DEFAULT_REDACT_PATTERNS
 from qeforge.serving.requests import DEFAULT_MAX_BODY_BYTES
 from qeforge.training.adapters import latest_adapters
 
@@ -219,6 +220,11 @@ class ServingSettings(dg.ConfigurableResource):
                                            "category is less similar than this (cosine)")
     registry_cache_dir: str = Field(default="", description="adapters fetched from a remote registry's artifacts; "
                                     "empty: <QEFORGE_HOME>/serving/registry_cache")
+    record_exchanges: bool = Field(default=True, description="record every exchange (request, answer, route) in the "
+                                   "LanceDB `exchanges` table, off the request path")
+    redact_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REDACT_PATTERNS),
+                                       description="regexes whose matches become [REDACTED] in every recorded text field "
+                                       "(default: sk-... and sk-ant-... keys, AKIA... AWS keys, bearer tokens, password=...)")
 
     def registry_cache_path(self) -> Path:
         return project_path(self.registry_cache_dir or Path(default_locations().home) / "serving" / "registry_cache")
@@ -240,7 +246,8 @@ class ServingSettings(dg.ConfigurableResource):
             escalation=escalation, claude_model=self.claude_model or env.get("QEFORGE_CLAUDE_MODEL") or DEFAULT_CLAUDE_MODEL,
             fallback=self.fallback or env.get("QEFORGE_FALLBACK") or "local", model_aliases=dict(self.model_aliases),
             min_category_probability=self.min_category_probability,
-            min_category_similarity=self.min_category_similarity)
+            min_category_similarity=self.min_category_similarity, record_exchanges=self.record_exchanges,
+            redact_patterns=tuple(self.redact_patterns))
 
 
 # The configured resources: Definitions, the CLI and the main job all read these, so a path or

@@ -4,7 +4,8 @@ Protocol layers (thin translations onto chat.ChatCall, as vLLM's and llama.cpp's
 openai_api (/v1/chat/completions, /v1/models, /v1/embeddings), anthropic_api (/v1/messages,
 /v1/messages/count_tokens), ollama_api (/api/chat, /api/generate, /api/tags, /api/version, /api/embed).
 Errors come back in the shape of the protocol the path belongs to; a 500 never carries a stack
-trace (it is logged server-side). Every answer names who answered and why (X-QEForge-Route).
+trace (it is logged server-side). Every answer names who answered and why (X-QEForge-Route), and
+every exchange, answered or declined, is recorded off the request path (recording.py).
 
 Bad input gets a 4xx, never a 500: the body is read up to `max_body_bytes` (413 beyond it), parsed,
 searched for lone surrogates (they cannot be encoded, so they would fail later), then validated
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from qeforge.serving.engine import (DEFAULT_MIN_CATEGORY_PROBABILITY, DEFAULT_MI
                                     ServingError)
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL, Escalation
 from qeforge.serving.gateway import Gateway, protocol_of
+from qeforge.serving.recording import DEFAULT_REDACT_PATTERNS, Recorder
 from qeforge.serving.requests import DEFAULT_MAX_BODY_BYTES, BadRequest
 from qeforge.serving.source import AdapterSource
 
@@ -59,6 +62,11 @@ class Settings:
     model_aliases: dict[str, str] = field(default_factory=dict)
     min_category_probability: float = DEFAULT_MIN_CATEGORY_PROBABILITY
     min_category_similarity: float = DEFAULT_MIN_CATEGORY_SIMILARITY
+    record_exchanges: bool = True  # every exchange into db's `exchanges` table (recording.py); no db, no recording
+    redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS  # matches become [REDACTED] before a row is written
+
+    def build_recorder(self) -> Recorder:
+        return Recorder(self.db, enabled=self.record_exchanges and self.db is not None, redact_patterns=self.redact_patterns)
 
     def build_engine(self) -> Engine:
         return Engine(self.source, backend=self.backend, escalation=self.escalation, claude_model=self.claude_model,
@@ -79,15 +87,24 @@ class _Unauthorized(Exception):
 
 
 def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = None,
-               max_body_bytes: int | None = None) -> FastAPI:
+               max_body_bytes: int | None = None, recorder: Recorder | None = None) -> FastAPI:
+    """recorder: where exchanges go (Settings build theirs; an engine alone records nothing); closed,
+    so flushed, when the server shuts down."""
     if isinstance(engine_or_settings, Settings):
         engine = engine_or_settings.build_engine()
         api_key = api_key if api_key is not None else engine_or_settings.api_key
         max_body_bytes = max_body_bytes if max_body_bytes is not None else engine_or_settings.max_body_bytes
+        recorder = recorder or engine_or_settings.build_recorder()
     else:
         engine = engine_or_settings
-    gateway = Gateway(engine, max_body_bytes if max_body_bytes is not None else DEFAULT_MAX_BODY_BYTES)
-    app = FastAPI(title="qeforge gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    gateway = Gateway(engine, max_body_bytes if max_body_bytes is not None else DEFAULT_MAX_BODY_BYTES, recorder)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(gateway.recorder.close)
+
+    app = FastAPI(title="qeforge gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine, app.state.metrics = engine, gateway.metrics
 
     def has_key(request: Request) -> bool:

@@ -18,7 +18,9 @@ Routing (`Engine._route`), in order; the first reason found sends the call to Cl
 4. the category's policy: its signal (qeforge.signals: the knn similarity of the prompt to known-good
    rows, known before generating, or the mean log-probability of the local answer) under its
    threshold: `not_confident`;
-5. `truncated`: the local answer stopped at the room or max_tokens before it finished.
+5. `truncated`: the local answer stopped at the room or max_tokens before it finished;
+6. `unparseable:<format>`: the prompt demands a format (JSON, one fenced code block; formats.py) and
+   the local answer does not parse as it: a likely answer the caller cannot use is no answer.
 Otherwise the adapter answers (`local`, reason `confident`). With a reason and an escalation client,
 Claude answers (`escalated`); the call forwarded is the client's own (escalation.py). Without one,
 or when Claude fails, `fallback` decides: "local" answers locally and marks it (`local_fallback`,
@@ -41,6 +43,7 @@ from qeforge.evaluation.generate import stop_token_ids
 from qeforge.serving.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, Batcher, Cancelled, Generated, GenerationRequest
 from qeforge.serving.chat import ChatCall, Choice, Completion, text_block
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL, Escalation
+from qeforge.serving.formats import parses, required_format
 from qeforge.serving.source import AdapterSource, Snapshot
 from qeforge.signals import SIGNALS, KnownGood, knn_similarity, user_text
 
@@ -342,6 +345,8 @@ class Engine:
                 reason = "truncated"
             elif plan.confidence < plan.threshold:
                 reason = "not_confident"
+            elif (fmt := required_format(call)) is not None and not parses(fmt, local.text):
+                reason = f"unparseable:{fmt}"
             else:
                 return self._local(call, plan, local, state, timings, "local", "confident")
         failed = None

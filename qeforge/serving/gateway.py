@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from qeforge.serving.chat import ChatCall, Completion
-from qeforge.serving.engine import Engine
+from qeforge.serving.engine import Declined, Engine
 from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, same_model
+from qeforge.serving.recording import CALLER_HEADER, Exchange, Recorder
 from qeforge.serving.requests import BadRequest, parse_json, read_body
 
 PROTOCOLS = ("openai", "anthropic", "ollama")
@@ -73,11 +74,26 @@ class Metrics:
         self.requests.labels(protocol, category, decision, code or "none", str(status)).inc()
 
 
+class DroppedExchanges:
+    """qeforge_exchanges_dropped_total: the recorder's own count (queue full, or an append failed), read per scrape."""
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily("qeforge_exchanges_dropped", "Exchanges not recorded: the recorder's queue was full "
+                                  "or its append failed", value=self.recorder.dropped)
+
+
 class Gateway:
-    def __init__(self, engine: Engine, max_body_bytes: int):
+    def __init__(self, engine: Engine, max_body_bytes: int, recorder: Recorder | None = None):
         self.engine, self.max_body_bytes = engine, max_body_bytes
+        self.recorder = recorder or Recorder(None, enabled=False)
         self.metrics = Metrics()
         self.metrics.waiting.set_function(lambda: engine.batcher.waiting)
+        self.metrics.registry.register(DroppedExchanges(self.recorder))
 
     async def json_body(self, request: Request) -> dict:
         return parse_json(await read_body(request, self.max_body_bytes))
@@ -88,7 +104,7 @@ class Gateway:
         or (uvicorn) once the response is sent."""
         import time
 
-        start = time.perf_counter()
+        start, received_at = time.perf_counter(), time.time()
         cancelled = threading.Event()
 
         async def watch():
@@ -99,10 +115,22 @@ class Gateway:
         watcher = asyncio.create_task(watch())
         try:
             c = await run_in_threadpool(self.engine.complete, call, cancelled)
+        except Declined as declined:  # a 503 is an exchange too: recorded here, where the call is known
+            self.record(request, call, received_at, time.perf_counter() - start, declined=declined)
+            raise
         finally:
             watcher.cancel()
-        self.metrics.observe(call.protocol, c, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.metrics.observe(call.protocol, c, seconds)
+        self.record(request, call, received_at, seconds, c)
         return c
+
+    def record(self, request: Request, call: ChatCall, received_at: float, latency_s: float,
+               completion: Completion | None = None, declined: Declined | None = None) -> None:
+        """Queue the exchange for the recorder (never waits); only User-Agent and the caller header of the request's."""
+        exchange = Exchange(call, completion, request.url.path, request.headers.get("user-agent"),
+                            request.headers.get(CALLER_HEADER), received_at, latency_s, declined)
+        self.recorder.record(exchange)
 
     async def embed(self, model: str, texts: list[str]):
         """(unit vectors [n, 384], tokens read) for the embeddings routes. Only MiniLM is served: a

@@ -17,7 +17,9 @@ PROMPTS = {
 
 
 def _post(url: str, body: dict) -> tuple[dict, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    # The caller header marks the check's recorded exchanges as its own, not the fleet's traffic.
+    headers = {"Content-Type": "application/json", "X-QEForge-Caller": "qeforge-smoke-check"}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=300) as response:
         return json.loads(response.read()), dict(response.headers)
 
