@@ -260,7 +260,7 @@ def test_auto_model_uses_the_category_classifier(artefacts, expected, tmp_path):
     store.write_known_good(db, ["a"], [SERVED[2]], [0.9], np.asarray([[0, 0.6, 0.8]], np.float32), "v1")
     vector = {"placed": [0, 0.6, 0.8],  # p 0.98 for SERVED[2], the known-good row itself
               "unlike": [0.5, -0.5, 0.7071],  # p 0.98 for SERVED[2], but cosine 0.27 to its nearest known-good row
-              "unsure": [0.5774] * 3}  # p 1/3 each
+              "unsure": [0.56, 0.56, 0.61]}  # p 0.58 for SERVED[2]: under 0.6
     eng = make_engine(artefacts, policy(), classifier_path=path, db=db, escalation=FakeClaude(),
                       embed=lambda t: np.tile([vector[t[0]]], (len(t), 1)).astype(np.float32))
     for text in ("unsure", "unlike"):
@@ -336,7 +336,9 @@ def test_valid_requests_the_local_side_cannot_serve_are_declined_with_a_reason(a
     declined = {
         "gpt-4o": ({**ok, "model": "gpt-4o"}, "no_category"),  # no classifier here: the router cannot place it
         "a category without a champion": ({**ok, "model": "qeforge-code-review"}, "no_local_model"),
-                "response_format": ({**ok, "response_format": {"type": "json_object"}}, "unsupported:response_format"),
+        "tools": ({**ok, "tools": [{"type": "function", "function": {"name": "f"}}]}, "unsupported:tools"),
+        "n 2": ({**ok, "n": 2}, "unsupported:n"),
+        "response_format": ({**ok, "response_format": {"type": "json_object"}}, "unsupported:response_format"),
         "an image": ({**ok, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, "unsupported:images"),
         "a tool result": ({**ok, "messages": [*PROMPT, {"role": "tool", "tool_call_id": "c1", "content": "42"}]},
@@ -446,8 +448,8 @@ HOSTILE_BODIES = {  # name: (raw body, expected status, expected param)
     "lone surrogate in the model": (_raw(model='"qeforge-\\ud800"'), 400, "model"),
     "lone surrogate in a key": (_raw(metadata='{"\\ud800": "x"}'), 400, "metadata"),
     "model a number": (_raw(model="123"), 400, "model"),
-    "tools": (_raw(tools='[{"type": "function", "function": {"name": "f"}}]'), 400, "tools"),
-    "n 2": (_raw(n="2"), 400, "n"),
+    "tools not a list": (_raw(tools='{"type": "function"}'), 400, "tools"),
+    "n 0": (_raw(n="0"), 400, "n"),
     "stop an empty string": (_raw(stop='""'), 400, "stop"),
     "stop 5 sequences": (_raw(stop='["a", "b", "c", "d", "e"]'), 400, "stop"),
     "a JSON array": (b"[]", 400, None),
