@@ -227,7 +227,7 @@ def test_escalated_answers_come_back_in_the_callers_protocol(url, configured, cl
     # n > 1 and response_format: Claude once per choice, told to answer in JSON
     r = oa.chat.completions.create(model="qeforge", messages=PROMPT, n=2, response_format={"type": "json_object"})
     assert len(r.choices) == 2 and r.model_extra["qeforge"]["reason"] == "unsupported:n"
-    assert "JSON" in claude.requests[-1]["body"]["system"]
+    assert "JSON" in json.dumps(claude.requests[-1]["body"]["system"])
 
 
 def test_a_failed_escalation_falls_back_or_declines(url, configured, claude):

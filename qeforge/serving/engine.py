@@ -356,9 +356,11 @@ class Engine:
                 return self._escalated(call, answered, category, reason, plan if plan and plan.category == category else None,
                                        local, timings)
         if self.fallback == "local" and plan is not None:
-            local = local or self._generated(self._submit(state, plan, call, cancelled))
-            if plan.signal == "mean_logprob":
-                plan.confidence = local.mean_logprob
+            if local is None:  # routed to Claude before generating: the local answer is made now
+                local = self._generated(self._submit(state, plan, call, cancelled))
+                timings.update(queue_s=local.queue_s, generate_s=local.generate_s)
+                if plan.signal == "mean_logprob":
+                    plan.confidence = local.mean_logprob
             done = self._local(call, plan, local, state, timings, "local_fallback", reason)
             done.escalation_error = failed
             return done

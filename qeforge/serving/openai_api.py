@@ -180,7 +180,7 @@ def chat_call(data: dict, category_header: str | None = None) -> ChatCall:
         raise BadRequest(400, "'stop' takes 1 to 4 non-empty strings", param="stop")
     system, turns = _turns(body.messages)
     return ChatCall(
-        protocol="openai", model=body.model, system=system if len(system) != 1 else system[0]["text"], messages=turns,
+        protocol="openai", model=body.model, system=system[0]["text"] if len(system) == 1 else system or "", messages=turns,
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature, top_p=body.top_p,
         stop=stop, tools=_tools(body.tools), tool_choice=_tool_choice(body.tool_choice) if body.tools else None,
         n=body.n or 1, json_output=_json_output(body.response_format), stream=bool(body.stream),

@@ -42,7 +42,7 @@ def serve_one_request_per_category(settings, categories: tuple[str, ...] | None 
     ok = True
     try:
         with urllib.request.urlopen(f"{server.url}/health", timeout=30) as response:  # no paths shown without a key
-            print(f"serve: shim on {server.url} ({json.loads(response.read())['status']}, {app.state.engine.snapshot.source})")
+            print(f"serve: gateway on {server.url} ({json.loads(response.read())['status']}, {app.state.engine.snapshot.source})")
         served = set(app.state.engine.served)  # less any adapter the backend refused
         for category in categories or CATEGORIES:
             if category not in served:  # the gate kept its candidate out of `champion`: nothing local to ask
