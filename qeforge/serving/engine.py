@@ -69,9 +69,10 @@ class ServingError(Exception):
 class Declined(ServingError):
     """fallback "decline": no answer good enough here, and no Claude to ask. A 503 naming the reason."""
 
-    def __init__(self, reason: str, category: str, escalation_error: str | None = None):
+    def __init__(self, reason: str, category: str, escalation_error: str | None = None, no_room: bool = False):
         why = f" (Claude failed: {escalation_error})" if escalation_error else " and no escalation client is configured"
-        super().__init__(f"declined: {reason} for category {category!r}{why}", status=503, code=reason)
+        room = "; no local fallback either: the prompt does not fit the local context" if no_room else ""
+        super().__init__(f"declined: {reason} for category {category!r}{why}{room}", status=503, code=reason)
         self.reason, self.category, self.escalation_error = reason, category, escalation_error
 
 
@@ -313,7 +314,7 @@ class Engine:
     def _route(self, call: ChatCall, cancelled: threading.Event) -> Completion:
         state = self._state  # this request runs on this snapshot even if a reload swaps it meanwhile
         timings: dict[str, float] = {}
-        reason, category, plan, pending = None, "none", None, None
+        reason, category, target, plan, pending = None, "none", None, None, None
         with self.batcher.arriving():  # the generation loop may wait (bounded) for this request to submit
             if call.needs_claude:
                 reason = f"unsupported:{call.needs_claude[0]}"
@@ -364,7 +365,7 @@ class Engine:
             done = self._local(call, plan, local, state, timings, "local_fallback", reason)
             done.escalation_error = failed
             return done
-        raise Declined(reason, category, failed)
+        raise Declined(reason, category, failed, no_room=self.fallback == "local" and target is not None and plan is None)
 
     def _local(self, call: ChatCall, plan: _Plan, local: Generated, state: _Loaded, timings: dict,
                decision: str, reason: str) -> Completion:
