@@ -271,7 +271,7 @@ def test_auto_model_uses_the_category_classifier(artefacts, expected, tmp_path):
     assert (r.category, r.answered_by) == (SERVED[2], f"qeforge-{SERVED[2]}@v1")
     # without Claude, fallback "local" answers with the likeliest served category, marked
     r = eng.complete(chat_call("qeforge", [{"role": "user", "content": "unsure"}], max_tokens=MAX))
-    assert (r.decision, r.reason, r.answered_by) == ("local_fallback", "no_category", f"qeforge-{SERVED[2]}@v1")
+    assert (r.decision, r.reason, r.answered_by, r.category) == ("local_fallback", "no_category", f"qeforge-{SERVED[2]}@v1", "none")
 
 
 def test_reload_swaps_the_adapter(artefacts, expected, serve):

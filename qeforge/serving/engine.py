@@ -363,6 +363,7 @@ class Engine:
                 if plan.signal == "mean_logprob":
                     plan.confidence = local.mean_logprob
             done = self._local(call, plan, local, state, timings, "local_fallback", reason)
+            done.category = category  # "none" stays "none" when another category's adapter stood in
             done.escalation_error = failed
             return done
         raise Declined(reason, category, failed, no_room=self.fallback == "local" and target is not None and plan is None)
