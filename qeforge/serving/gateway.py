@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, same_model
 from qeforge.serving.chat import ChatCall, Completion
 from qeforge.serving.engine import Declined, Engine
-from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, same_model
 from qeforge.serving.recording import CALLER_HEADER, Exchange, Recorder
 from qeforge.serving.requests import BadRequest, parse_json, read_body
 
@@ -102,8 +103,6 @@ class Gateway:
         """engine.complete in a worker thread, with `cancelled` set if the client disconnects first.
         The body has been read, so the next ASGI message is http.disconnect: when the client goes,
         or (uvicorn) once the response is sent."""
-        import time
-
         start, received_at = time.perf_counter(), time.time()
         cancelled = threading.Event()
 
