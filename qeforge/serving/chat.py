@@ -13,6 +13,7 @@ for a feature local generation lacks, lists that feature in `needs_claude`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 # Block types local generation reads as text; any other block makes the call need Claude.
@@ -158,8 +159,6 @@ class Completion:
 
 def json_number(x: float | None):
     """JSON-safe number: +-inf as "inf"/"-inf" (the policy files' convention), nan/None as null."""
-    import math
-
     if x is None or math.isnan(x):
         return None
     return ("inf" if x > 0 else "-inf") if math.isinf(x) else round(x, 6)

@@ -20,9 +20,8 @@ from qeforge.serving.engine import Declined, Engine
 from qeforge.serving.recording import CALLER_HEADER, Exchange, Recorder
 from qeforge.serving.requests import BadRequest, parse_json, read_body
 
-PROTOCOLS = ("openai", "anthropic", "ollama")
-# MiniLM's other names: Ollama's library tag, and the embedder id agentic-qe sends is matched by same_model.
-EMBEDDING_ALIASES = ("all-minilm", "qeforge-embed")
+# MiniLM's name in Ollama's library; the ids agentic-qe and sentence-transformers send match same_model.
+EMBEDDING_ALIASES = ("all-minilm",)
 
 
 def protocol_of(path: str) -> str:
