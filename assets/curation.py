@@ -10,13 +10,14 @@ from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBR
 from qeforge import store
 from qeforge.categories import CATEGORIES
 from qeforge.curation.balance import cap_per_category, mix_rows
-from qeforge.curation.categorize import CategoryClassifier, train_classifier
+from qeforge.curation.categorize import CategoryClassifier, place, train_classifier
 from qeforge.curation.dedup import deduplicate
 from qeforge.curation.export import dataset_records, write_version
 from qeforge.curation.gate import apply_gate
 from qeforge.curation.report import curation_report, split_counts
 from qeforge.curation.split import assign_splits, leakage_groups
 from qeforge.embedding import EMBEDDING_DIM, embed_texts, reusable_vectors
+from qeforge.ingest import format_summary, import_exchanges
 
 GROUP = "curation"
 
@@ -28,9 +29,30 @@ def stacked_vectors(frame: pd.DataFrame) -> np.ndarray:
     return np.stack(frame["vector"].to_numpy()).astype(np.float32)
 
 
-@dg.asset(group_name=GROUP, kinds={"lancedb", "pandas"})
+@dg.asset(group_name=GROUP, kinds={"lancedb"})
+def recorded_exchanges(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.MaterializeResult:
+    """The gateway's recorded exchanges imported as trajectories (source "exchanges"): Claude's answers to
+    the fleet's real prompts, and local answers the fleet marked good (policy: qeforge/curation/exchanges.py)."""
+    summary, report = import_exchanges(lancedb.connect())
+    context.log.info(format_summary(summary.as_dict()))
+    return dg.MaterializeResult(metadata={
+        "exchanges_read": report["exchanges_read"],
+        "trajectories": report["trajectories"],
+        "imported": summary.imported,
+        "updated": summary.updated,
+        "already_present": summary.already_present,
+        "quarantined": summary.quarantined_total,
+        "skipped": md_table(report.get("skipped", {}), "reason"),
+        **{f"skipped/{k}": v for k, v in report.get("skipped", {}).items()},
+        "by_decision": md_table(report.get("by_decision", {}), "decision"),
+        "feedback_rows": report.get("feedback_rows", 0),
+        "feedback_unmatched": report.get("feedback_unmatched", 0),
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"lancedb", "pandas"}, deps=[recorded_exchanges])
 def raw_trajectories(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.Output[pd.DataFrame]:
-    """Every validated trajectory in the ReasoningBank, with the quarantine beside it."""
+    """Every validated trajectory in the ReasoningBank (imports and recorded exchanges), with the quarantine beside it."""
     db = lancedb.connect()
     frame = store.trajectories(db).to_pandas()
     quarantine = store.quarantine(db).to_arrow().select(["reason"]).to_pandas()
@@ -88,6 +110,8 @@ def quality_gated(raw_trajectories: pd.DataFrame, curation: CurationSettings):
             "failing_outcomes": md_table(report.outcomes, "outcome"),
             "gates": md_table({k: v for k, v in curation.gate().__dict__.items() if k.startswith("min_")}, "gate", "threshold"),
             "kept_by_category_source": md_table(counts(kept["category_source"]), "source"),
+            "kept_by_import": md_table(counts(kept["source"]), "import"),
+            "rows_in_by_import": md_table(counts(raw_trajectories["source"]), "import"),
             "kept_by_model": md_table(counts(kept["model"]), "model"),
         },
     )
@@ -190,30 +214,41 @@ def loaded_classifier(category_classifier: dict) -> CategoryClassifier | None:
 
 
 @dg.asset(group_name=GROUP, kinds={"scikitlearn"})
-def categorized(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame,
-                category_classifier: dict) -> dg.Output[pd.DataFrame]:
-    """Categories from the record or the domain map kept; the rest assigned by the category classifier.
-    Without a classifier, unassigned rows are excluded and counted."""
+def categorized(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame, category_classifier: dict,
+                curation: CurationSettings) -> dg.Output[pd.DataFrame]:
+    """Categories from the record or the domain map kept; the rest assigned by the category classifier,
+    or "none of the four" (categorize.place: the router's own rule), counted and left out. Without a
+    classifier, unassigned rows are excluded and counted."""
     labeled = deduplicated["category"].notna().to_numpy()
     frame = deduplicated.copy()
     frame.loc[~labeled, "category_source"] = "classifier"
     classifier = loaded_classifier(category_classifier)
-    metadata = {}
+    metadata, none = {}, np.zeros(len(frame), dtype=bool)
     if classifier is None:
         frame = frame[labeled].reset_index(drop=True)
     elif (~labeled).any():
-        predicted, confidence = classifier.predict(stacked_vectors(deduplicated)[~labeled])
-        frame.loc[~labeled, "category"] = predicted
-        metadata = {"mean_assignment_confidence": float(confidence.mean())}
+        vectors = stacked_vectors(deduplicated)
+        placed, probability, similarity = place(
+            classifier, vectors[~labeled], vectors[labeled], deduplicated.loc[labeled, "category"].tolist(),
+            min_probability=curation.min_category_probability, min_similarity=curation.min_category_similarity)
+        frame.loc[~labeled, "category"] = placed
+        none = frame["category"].isna().to_numpy()
+        metadata = {"mean_assignment_confidence": float(probability.mean()),
+                    "mean_nearest_similarity": float(similarity.mean())}
+    # "None of the four" rows are kept in the bank and counted here; no category's dataset takes them.
+    kept = frame[~none].reset_index(drop=True)
     return dg.Output(
-        frame,
+        kept,
         metadata={
-            "dagster/row_count": len(frame),
+            "dagster/row_count": len(kept),
             "recorded": int(labeled.sum()),
             "by_source": md_table(counts(frame["category_source"]), "source"),
-            "assigned_by_classifier": int((frame["category_source"] == "classifier").sum()),
+            "assigned_by_classifier": int((kept["category_source"] == "classifier").sum()),
+            "none_of_the_four": int(none.sum()),
+            "none_by_import": md_table(counts(frame.loc[none, "source"]) if none.any() else {}, "import"),
             "excluded_no_classifier": int(len(deduplicated) - len(frame)),
-            "by_category": md_table(counts(frame["category"]), "category"),
+            "by_category": md_table(counts(kept["category"]), "category"),
+            "by_import": md_table(counts(kept["source"]), "import"),
             **metadata,
         },
     )

@@ -17,7 +17,7 @@ from qeforge.evaluation.routing import Prices
 from qeforge.locations import default_locations, is_uri, project_path
 from qeforge.serving.app import Settings
 from qeforge.serving.batching import DEFAULT_MAX_BATCH
-from qeforge.serving.engine import DEFAULT_MIN_CATEGORY_PROBABILITY, DEFAULT_MIN_CATEGORY_SIMILARITY
+from qeforge.curation.categorize import MIN_CATEGORY_PROBABILITY, MIN_CATEGORY_SIMILARITY
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL
 from qeforge.serving.recording import DEFAULT_REDACT_PATTERNS
 from qeforge.serving.requests import DEFAULT_MAX_BODY_BYTES
@@ -135,6 +135,10 @@ class CurationSettings(dg.ConfigurableResource):
     )
     split_ratios: list[float] = Field(default_factory=lambda: [0.70, 0.15, 0.15])
     max_quarantine_rate: float = Field(default=0.10, description="asset check bound on quarantined / read")
+    min_category_probability: float = Field(default=MIN_CATEGORY_PROBABILITY, description=
+                                            'an unlabeled row is "none of the four" below this classifier probability')
+    min_category_similarity: float = Field(default=MIN_CATEGORY_SIMILARITY, description=
+                                           "... or below this cosine to its category's nearest labeled row")
     embedding_model: str = EMBEDDING_MODEL
     embedding_batch_size: int = 64
     seed: int = 0
@@ -213,9 +217,9 @@ class ServingSettings(dg.ConfigurableResource):
     fallback: str = Field(default="", description='without Claude: "local" answers locally and marks it, "decline" '
                           'answers 503 with the reason; empty: $QEFORGE_FALLBACK or "local"')
     model_aliases: dict[str, str] = Field(default_factory=dict, description="model name -> category it pins")
-    min_category_probability: float = Field(default=DEFAULT_MIN_CATEGORY_PROBABILITY,
+    min_category_probability: float = Field(default=MIN_CATEGORY_PROBABILITY,
                                             description='below it the classifier says "none" and the call escalates')
-    min_category_similarity: float = Field(default=DEFAULT_MIN_CATEGORY_SIMILARITY,
+    min_category_similarity: float = Field(default=MIN_CATEGORY_SIMILARITY,
                                            description='"none" too when the nearest known-good row of the '
                                            "category is less similar than this (cosine)")
     registry_cache_dir: str = Field(default="", description="adapters fetched from a remote registry's artifacts; "

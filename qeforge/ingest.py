@@ -234,3 +234,19 @@ def import_agentic_qe(db, path: str | Path) -> ImportSummary:
         summary.by_table[table] = {k: v for k, v in part.as_dict().items() if k != "source"}
     summary.by_table.update(joined)
     return summary
+
+
+def import_exchanges(db) -> tuple[ImportSummary, dict]:
+    """The gateway's recorded exchanges (with the fleet's feedback) as trajectories, by the policy in
+    curation/exchanges.py: (the import's summary, the conversion's counts). Re-running imports nothing
+    twice; a verdict that arrives later updates its row."""
+    from qeforge.curation.exchanges import SOURCE, exchange_trajectories
+
+    names = set(db.table_names())
+    if store.EXCHANGES not in names:
+        return ImportSummary(SOURCE), {"exchanges_read": 0, "trajectories": 0}
+    exchanges = db.open_table(store.EXCHANGES).to_arrow().to_pylist()
+    feedback = db.open_table(store.FEEDBACK).to_arrow().to_pylist() if store.FEEDBACK in names else []
+    rows, report = exchange_trajectories(exchanges, feedback)
+    records = ((json.dumps(r, ensure_ascii=False), r) for r in rows)
+    return import_records(db, records, SOURCE), report

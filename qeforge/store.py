@@ -21,6 +21,8 @@ HISTORY = "trajectory_history"
 QUARANTINE = "quarantine"
 EMBEDDINGS = "embeddings"
 KNOWN_GOOD = "known_good"
+EXCHANGES = "exchanges"  # every call the gateway handled (serving/recording.py)
+FEEDBACK = "feedback"  # the fleet's verdicts on answers, by exchange id (POST /v1/feedback)
 
 
 def connect(uri: str, storage_options: dict | None = None) -> lancedb.DBConnection:

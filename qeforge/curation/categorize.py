@@ -15,6 +15,13 @@ import numpy as np
 
 from qeforge.categories import CATEGORIES
 
+# "none of the four", decided the same way where curation assigns a category and where the gateway
+# routes a call: the classifier's top probability under 0.6 (a uniform guess over four is 0.25), or the
+# nearest labeled (known-good) row of that category under cosine 0.65. A closed-set classifier places
+# every text somewhere; the distance test is what catches texts unlike anything the category holds.
+MIN_CATEGORY_PROBABILITY = 0.6
+MIN_CATEGORY_SIMILARITY = 0.65
+
 
 @dataclass
 class CategoryClassifier:
@@ -79,3 +86,20 @@ def train_classifier(
     predicted, _ = twin.predict(vectors[test_idx])
     accuracy = float(np.mean([p == labels[i] for p, i in zip(predicted, test_idx)]))
     return _fit(vectors, labels, seed), accuracy, len(test_idx)
+
+
+def place(classifier: CategoryClassifier, vectors: np.ndarray, labeled: np.ndarray, labels: list[str], *,
+          min_probability: float = MIN_CATEGORY_PROBABILITY, min_similarity: float = MIN_CATEGORY_SIMILARITY):
+    """(category or None for "none", top probability, nearest same-category similarity) per row of
+    `vectors` (unit rows), judged against the `labeled` unit rows with their `labels`."""
+    predicted, probability = classifier.predict(vectors)
+    similarity = np.full(len(vectors), -1.0, dtype=np.float32)
+    labels = np.asarray(labels)
+    for category in set(predicted):
+        rows = np.flatnonzero(np.asarray(predicted) == category)
+        own = labeled[labels == category]
+        if len(own):  # 3,000 x 384 at most: one matrix product, no index needed
+            similarity[rows] = (vectors[rows] @ own.T).max(axis=1)
+    placed = [c if p >= min_probability and s >= min_similarity else None
+              for c, p, s in zip(predicted, probability, similarity)]
+    return placed, probability, similarity

@@ -22,17 +22,19 @@ from pathlib import Path
 import pandas as pd
 
 from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS
+from qeforge.curation.exchanges import recorded_messages
 from qeforge.curation.split import SPLITS
 
 COLUMNS = ("id", "category", "messages", "quality", "model", "group", "metadata")
 
 
-def to_messages(category: str, task: str, output: str) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": SYSTEM_PROMPTS[category]},
-        {"role": "user", "content": task},
-        {"role": "assistant", "content": output},
-    ]
+def to_messages(category: str, task: str, output: str, metadata: str | None = None) -> list[dict[str, str]]:
+    """system, user, assistant. A recorded exchange keeps its own system prompt and turns as they were
+    sent; without a system prompt it gets the category's, as the gateway gives such a call (engine._plan)."""
+    recorded = recorded_messages(metadata)
+    system, turns = recorded if recorded else ("", [{"role": "user", "content": task}])
+    return [{"role": "system", "content": system or SYSTEM_PROMPTS[category]}, *turns,
+            {"role": "assistant", "content": output}]
 
 
 def dataset_records(frame: pd.DataFrame) -> pd.DataFrame:
@@ -40,7 +42,8 @@ def dataset_records(frame: pd.DataFrame) -> pd.DataFrame:
         {
             "id": frame["id"],
             "category": frame["category"],
-            "messages": [to_messages(c, t, o) for c, t, o in zip(frame["category"], frame["task"], frame["output"])],
+            "messages": [to_messages(c, t, o, m) for c, t, o, m in
+                         zip(frame["category"], frame["task"], frame["output"], frame["metadata"])],
             "quality": frame["quality"].astype(float),
             "model": frame["model"],
             "group": frame["group"].astype(str),

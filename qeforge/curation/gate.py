@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from qeforge.curation.domains import AQE_DOMAIN_CATEGORIES, TASK_PATTERNS, resolve_categories
+from qeforge.curation.exchanges import SOURCE as EXCHANGES_SOURCE
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,9 @@ class GateRules:
     min_quality: float = 0.8
     min_confidence: float = 0.8
     min_usage_count: int = 3
+    # Rows from these imports are references by policy, not patterns waiting for reuse: a Claude answer
+    # to a real fleet prompt (curation/exchanges.py). Every other condition applies to them.
+    reference_sources: tuple[str, ...] = (EXCHANGES_SOURCE,)
     domain_categories: dict[str, str | None] = field(default_factory=lambda: dict(AQE_DOMAIN_CATEGORIES))
     task_patterns: dict[str, str] = field(default_factory=lambda: dict(TASK_PATTERNS))
 
@@ -55,7 +59,7 @@ def apply_gate(frame: pd.DataFrame, t: GateRules) -> tuple[pd.DataFrame, GateRep
         "outcome_not_success": frame["outcome"] != "success",
         "quality_below_min": frame["quality"] < t.min_quality,
         "confidence_below_min": frame["confidence"] < t.min_confidence,
-        "usage_below_min": frame["usage_count"].fillna(0) < t.min_usage_count,
+        "usage_below_min": (frame["usage_count"].fillna(0) < t.min_usage_count) & ~frame["source"].isin(t.reference_sources),
     }
     first = pd.Series("", index=frame.index)
     for name in CONDITIONS:

@@ -1,4 +1,5 @@
-"""The gateway's HTTP app: the fleet's three protocols on one engine, plus /health, /metrics, /admin/reload.
+"""The gateway's HTTP app: the fleet's three protocols on one engine, plus /health, /metrics, /admin/reload
+and /v1/feedback (the fleet's verdict on an answer, by its qeforge.exchange_id).
 
 Protocol layers (thin translations onto chat.ChatCall, as vLLM's and llama.cpp's servers do):
 openai_api (/v1/chat/completions, /v1/models, /v1/embeddings), anthropic_api (/v1/messages,
@@ -30,8 +31,8 @@ from starlette.requests import ClientDisconnect
 
 from qeforge.serving import anthropic_api, ollama_api, openai_api
 from qeforge.serving.batching import DEFAULT_MAX_BATCH
-from qeforge.serving.engine import (DEFAULT_MIN_CATEGORY_PROBABILITY, DEFAULT_MIN_CATEGORY_SIMILARITY, Declined, Engine,
-                                    ServingError)
+from qeforge.curation.categorize import MIN_CATEGORY_PROBABILITY, MIN_CATEGORY_SIMILARITY
+from qeforge.serving.engine import Declined, Engine, ServingError
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL, Escalation
 from qeforge.serving.gateway import Gateway, protocol_of
 from qeforge.serving.recording import DEFAULT_REDACT_PATTERNS, Recorder
@@ -60,8 +61,8 @@ class Settings:
     claude_model: str = DEFAULT_CLAUDE_MODEL
     fallback: str = "local"
     model_aliases: dict[str, str] = field(default_factory=dict)
-    min_category_probability: float = DEFAULT_MIN_CATEGORY_PROBABILITY
-    min_category_similarity: float = DEFAULT_MIN_CATEGORY_SIMILARITY
+    min_category_probability: float = MIN_CATEGORY_PROBABILITY
+    min_category_similarity: float = MIN_CATEGORY_SIMILARITY
     record_exchanges: bool = True  # every exchange into db's `exchanges` table (recording.py); no db, no recording
     redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS  # matches become [REDACTED] before a row is written
 
@@ -191,6 +192,10 @@ def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = N
             return error(request, 500, "reload failed; still serving the previous snapshot (see the server log)")
         return {"status": "reloaded", "base_model": snap.base_model, "adapters": {c: a.version for c, a in snap.adapters.items()},
                 "policy_version": snap.policy_version, "source": snap.source}
+
+    @guarded.post("/v1/feedback")
+    async def feedback(request: Request):
+        return await gateway.feedback(request)
 
     for protocol in (openai_api, anthropic_api, ollama_api):
         guarded.include_router(protocol.router(gateway))

@@ -128,6 +128,7 @@ class Completion:
     local_tokens: int = 0  # tokens the adapter generated (0 when Claude answered without a local pass)
     batch_rows: int = 0  # rows in the generation batch at the local answer's first step (0: no local pass)
     escalation_error: str | None = None
+    exchange_id: str | None = None  # the recorded exchange's id, which POST /v1/feedback names; None: not recorded
     timings: dict = field(default_factory=dict)  # routing_s, queue_s, generate_s, escalation_s, engine_s
 
     @property
@@ -143,12 +144,12 @@ class Completion:
         return {"answered_by": self.answered_by, "decision": self.decision, "reason": self.reason,
                 "category": self.category, "adapter_version": self.adapter_version, "signal": self.signal,
                 "confidence": json_number(self.confidence), "threshold": json_number(self.threshold),
-                "policy_version": self.policy_version}
+                "policy_version": self.policy_version, "exchange_id": self.exchange_id}
 
     def route_header(self) -> str:
         """X-QEForge-Route: who answered and why, on every response."""
         route = self.route()
-        keys = ("answered_by", "decision", "reason", "category", "confidence", "threshold", "adapter_version")
+        keys = ("answered_by", "decision", "reason", "category", "confidence", "threshold", "adapter_version", "exchange_id")
         return "; ".join(f"{k}={route[k] if route[k] is not None else 'none'}" for k in keys)
 
     def body_extra(self) -> dict:

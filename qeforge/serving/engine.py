@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS, registered_model_name
+from qeforge.curation.categorize import MIN_CATEGORY_PROBABILITY, MIN_CATEGORY_SIMILARITY
 from qeforge.evaluation.generate import stop_token_ids
 from qeforge.serving.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, Batcher, Cancelled, Generated, GenerationRequest
 from qeforge.serving.chat import ChatCall, Choice, Completion, text_block
@@ -52,10 +53,6 @@ log = logging.getLogger(__name__)
 AUTO_MODEL = "qeforge"
 DEFAULT_MAX_TOKENS = 128  # a local answer's length when the client names none
 FALLBACKS = ("local", "decline")
-# "none" (Engine._classify): the classifier's top probability under 0.6 (a uniform guess over four
-# is 0.25), or the nearest known-good row of that category under cosine 0.65.
-DEFAULT_MIN_CATEGORY_PROBABILITY = 0.6
-DEFAULT_MIN_CATEGORY_SIMILARITY = 0.65
 
 
 class ServingError(Exception):
@@ -129,8 +126,8 @@ class Engine:
         claude_model: str = DEFAULT_CLAUDE_MODEL,
         fallback: str = "local",
         model_aliases: dict[str, str] | None = None,
-        min_category_probability: float = DEFAULT_MIN_CATEGORY_PROBABILITY,
-        min_category_similarity: float = DEFAULT_MIN_CATEGORY_SIMILARITY,
+        min_category_probability: float = MIN_CATEGORY_PROBABILITY,
+        min_category_similarity: float = MIN_CATEGORY_SIMILARITY,
         classifier_path: str | Path | None = None,
         db=None,
         embed=None,

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, same_model
 from qeforge.serving.chat import ChatCall, Completion
 from qeforge.serving.engine import Declined, Engine
-from qeforge.serving.recording import CALLER_HEADER, Exchange, Recorder
+from qeforge.serving.recording import CALLER_HEADER, Exchange, Recorder, feedback_row, record_feedback
 from qeforge.serving.requests import BadRequest, parse_json, read_body
 
 # MiniLM's name in Ollama's library; the ids agentic-qe and sentence-transformers send match same_model.
@@ -120,15 +120,27 @@ class Gateway:
             watcher.cancel()
         seconds = time.perf_counter() - start
         self.metrics.observe(call.protocol, c, seconds)
-        self.record(request, call, received_at, seconds, c)
+        c.exchange_id = self.record(request, call, received_at, seconds, c)
         return c
 
     def record(self, request: Request, call: ChatCall, received_at: float, latency_s: float,
-               completion: Completion | None = None, declined: Declined | None = None) -> None:
-        """Queue the exchange for the recorder (never waits); only User-Agent and the caller header of the request's."""
+               completion: Completion | None = None, declined: Declined | None = None) -> str | None:
+        """Queue the exchange for the recorder (never waits); only User-Agent and the caller header of the
+        request's. The exchange's id, for the client's feedback; None when it is not recorded."""
         exchange = Exchange(call, completion, request.url.path, request.headers.get("user-agent"),
                             request.headers.get(CALLER_HEADER), received_at, latency_s, declined)
-        self.recorder.record(exchange)
+        return exchange.id if self.recorder.record(exchange) else None
+
+    async def feedback(self, request: Request) -> dict:
+        """POST /v1/feedback: the fleet's verdict on an answer it used, kept beside the exchanges."""
+        if not self.recorder.enabled:
+            raise BadRequest(404, "feedback needs recorded exchanges, and recording is off here", code="not_found")
+        try:
+            row = feedback_row(await self.json_body(request))
+        except ValueError as err:
+            raise BadRequest(400, str(err), code="invalid_request_error") from None
+        await run_in_threadpool(record_feedback, self.recorder.db, row)
+        return {"recorded": True, "exchange_id": row["exchange_id"], "outcome": row["outcome"]}
 
     async def embed(self, model: str, texts: list[str]):
         """(unit vectors [n, 384], tokens read) for the embeddings routes. Only MiniLM is served: a

@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -37,7 +37,7 @@ from qeforge.serving.engine import Declined
 
 log = logging.getLogger(__name__)
 
-EXCHANGES = "exchanges"
+EXCHANGES, FEEDBACK = store.EXCHANGES, store.FEEDBACK
 CALLER_HEADER = "x-qeforge-caller"  # optional: which agent or job of the fleet sent the call
 REDACTED = "[REDACTED]"
 DEFAULT_REDACT_PATTERNS = (
@@ -52,6 +52,18 @@ DEFAULT_REDACT_PATTERNS = (
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_BATCH_ROWS = 64
 DEFAULT_FLUSH_S = 1.0
+
+OUTCOMES = ("success", "failure")
+# What the fleet says about an answer after using it (POST /v1/feedback): append-only, the latest row per
+# exchange counts. Curation reads it: a failure keeps a Claude answer out of training, a success lets a
+# local answer in (qeforge/curation/exchanges.py).
+FEEDBACK_SCHEMA = pa.schema([
+    pa.field("exchange_id", pa.string(), nullable=False),
+    pa.field("outcome", pa.string(), nullable=False),  # success | failure
+    pa.field("quality", pa.float64()),  # 0..1 when the fleet scored the answer; null otherwise
+    pa.field("source", pa.string()),  # who reported it, e.g. the agent or "agentic-qe"
+    pa.field("received_at", pa.timestamp("us", tz="UTC")),
+])
 
 EXCHANGE_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -98,6 +110,7 @@ class Exchange:
     received_at: float  # time.time() when the call arrived
     latency_s: float
     declined: Declined | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the client sees it (qeforge.exchange_id) to send feedback
 
 
 class Redactor:
@@ -135,7 +148,7 @@ def exchange_row(e: Exchange, redact: Redactor) -> dict:
     for k in ("messages", "parameters", "choices"):
         text[k] = json.dumps(text[k], ensure_ascii=False) if text[k] is not None else None
     return {
-        "id": uuid.uuid4().hex, "received_at": datetime.fromtimestamp(e.received_at, timezone.utc),
+        "id": e.id, "received_at": datetime.fromtimestamp(e.received_at, timezone.utc),
         "latency_s": e.latency_s, "status": 200 if c else 503, "protocol": call.protocol, "path": e.path, **text,
         "decision": route["decision"], "reason": route["reason"], "category": route["category"],
         "answered_by": c.answered_by if c else None, "adapter_version": c.adapter_version if c else None,
@@ -155,7 +168,7 @@ class Recorder:
 
     def __init__(self, db, *, enabled: bool = True, redact_patterns=DEFAULT_REDACT_PATTERNS, table: str = EXCHANGES,
                  max_queue: int = DEFAULT_MAX_QUEUE, batch_rows: int = DEFAULT_BATCH_ROWS, flush_s: float = DEFAULT_FLUSH_S):
-        self.enabled, self.batch_rows, self.flush_s = enabled, batch_rows, flush_s
+        self.enabled, self.batch_rows, self.flush_s, self.db = enabled, batch_rows, flush_s, db
         self.redact = Redactor(redact_patterns)
         self.dropped = 0  # exchanges lost: the queue was full, or their append failed
         self._count_lock = threading.Lock()
@@ -211,3 +224,25 @@ class Recorder:
         except Exception:  # a store that fails loses these rows, never the gateway
             log.exception("could not record %d exchanges", len(exchanges))
             self._drop(len(exchanges))
+
+
+def feedback_row(data: dict) -> dict:
+    """A POST /v1/feedback body as a FEEDBACK_SCHEMA row; ValueError names what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    exchange_id, outcome, quality, source = (data.get(k) for k in ("exchange_id", "outcome", "quality", "source"))
+    if not isinstance(exchange_id, str) or not re.fullmatch(r"[0-9a-f]{32}", exchange_id):
+        raise ValueError("exchange_id: the 32-hex id an answer carried in qeforge.exchange_id (or X-QEForge-Route)")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome: one of {list(OUTCOMES)}")
+    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int | float) or not 0 <= quality <= 1):
+        raise ValueError("quality: a number in [0, 1], or absent")
+    if source is not None and (not isinstance(source, str) or len(source) > 200):
+        raise ValueError("source: a string of at most 200 characters, or absent")
+    return {"exchange_id": exchange_id, "outcome": outcome, "quality": None if quality is None else float(quality),
+            "source": source, "received_at": datetime.now(timezone.utc)}
+
+
+def record_feedback(db, row: dict) -> None:
+    """One feedback row, appended now: small and rare, so not worth the recorder's queue."""
+    store.open_table(db, FEEDBACK, FEEDBACK_SCHEMA).add(pa.Table.from_pylist([row], schema=FEEDBACK_SCHEMA))

@@ -7,6 +7,7 @@ import json
 import urllib.request
 
 from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS, registered_model_name
+from qeforge.curation.exchanges import SMOKE_CHECK_CALLER
 
 PROMPTS = {
     "test-generation": "Write pytest tests for the following function:\n```python\ndef clamp(x, lo, hi):\n    return max(lo, min(x, hi))\n```",
@@ -18,7 +19,7 @@ PROMPTS = {
 
 def _post(url: str, body: dict) -> tuple[dict, dict]:
     # The caller header marks the check's recorded exchanges as its own, not the fleet's traffic.
-    headers = {"Content-Type": "application/json", "X-QEForge-Caller": "qeforge-smoke-check"}
+    headers = {"Content-Type": "application/json", "X-QEForge-Caller": SMOKE_CHECK_CALLER}
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=300) as response:
         return json.loads(response.read()), dict(response.headers)
