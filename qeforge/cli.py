@@ -189,6 +189,17 @@ def cmd_export_vllm(args) -> int:
     return 0
 
 
+def cmd_traffic(args) -> int:
+    from qeforge.traffic import format_report, plot_traffic, read_exchanges, traffic_report
+
+    report = traffic_report(read_exchanges(resource("lancedb").connect()), resource("evaluation").prices(),
+                            window=args.window, by=tuple(args.by))
+    if args.plot:
+        plot_traffic(report, args.plot)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def cmd_run(args) -> int:
     from qeforge.main_job import run_main_job
 
@@ -291,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--cache-dir", help="where to download adapters from a remote registry")
     p.set_defaults(func=cmd_export_vllm)
+
+    p = sub.add_parser("traffic", help="the fleet's recorded traffic: share answered locally, escalations by reason, "
+                                       "agreement with Claude, dollars saved; per category and time window")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--window", default="1D", help="time window, a pandas frequency: 1h, 1D, 7D (default 1D)")
+    p.add_argument("--by", action="append", default=[], choices=["caller", "protocol"],
+                   help="split further by the X-QEForge-Caller header or the protocol (repeatable)")
+    p.add_argument("--plot", help="also write the per-category shares as a PNG here")
+    p.set_defaults(func=cmd_traffic)
 
     p = sub.add_parser("run", help="the main job: demo data -> every asset of the graph, recorded in DAGSTER_HOME")
     p.add_argument("--demo-rows", type=int, default=3000)

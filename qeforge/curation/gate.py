@@ -17,11 +17,11 @@ class GateRules:
     min_quality: float = 0.8
     min_confidence: float = 0.8
     min_usage_count: int = 3
+    domain_categories: dict[str, str | None] = field(default_factory=lambda: dict(AQE_DOMAIN_CATEGORIES))
+    task_patterns: dict[str, str] = field(default_factory=lambda: dict(TASK_PATTERNS))
     # Rows from these imports are references by policy, not patterns waiting for reuse: a Claude answer
     # to a real fleet prompt (curation/exchanges.py). Every other condition applies to them.
     reference_sources: tuple[str, ...] = (EXCHANGES_SOURCE,)
-    domain_categories: dict[str, str | None] = field(default_factory=lambda: dict(AQE_DOMAIN_CATEGORIES))
-    task_patterns: dict[str, str] = field(default_factory=lambda: dict(TASK_PATTERNS))
 
 
 # Condition names, in the order the first failing one is charged.
