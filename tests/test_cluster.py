@@ -97,7 +97,7 @@ def test_one_category_end_to_end_on_postgres_and_s3(postgres, s3, tmp_path, monk
     started = time.time()
     # Serving is checked below, from the artifact store alone. The job's exit code also reflects the
     # quality checks (a tiny adapter on 600 demo rows may not beat its base): this test is about storage.
-    run_main_job(demo_rows=600, categories=(CATEGORY,), serve_check=False)
+    run_main_job(demo_rows=600, categories=(CATEGORY,), fleet_loop=False)
     out = capsys.readouterr().out
     assert "curation: ok" in out and f"qeforge-{CATEGORY} v1" in out and "FAILED (run" not in out, out
     print(f"cluster-shaped main job, one category: {time.time() - started:.0f}s")
