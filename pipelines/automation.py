@@ -34,7 +34,8 @@ def new_trajectories(
     """Request curation when a category gained enough eligible trajectories since the current dataset version."""
     from qeforge import store
     from qeforge.curation.export import load_manifest
-    from qeforge.curation.freshness import GATE_COLUMNS, new_eligible_counts
+    from qeforge.curation.freshness import new_eligible_counts
+    from qeforge.curation.gate import GATE_COLUMNS
 
     frame = store.trajectories(lancedb.connect()).to_arrow().select(GATE_COLUMNS).to_pandas()
     manifest = load_manifest(dataset_store.path())

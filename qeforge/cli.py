@@ -31,10 +31,9 @@ def _db():
 def gate_report(db):
     """The curation gate (the configured CurationSettings) over everything stored: what would pass, and why not."""
     from qeforge import store
-    from qeforge.curation.gate import apply_gate
+    from qeforge.curation.gate import GATE_COLUMNS, apply_gate
 
-    columns = ["id", "task", "category", "domain", "outcome", "quality", "confidence", "usage_count"]
-    frame = store.trajectories(db).to_arrow().select(columns).to_pandas()
+    frame = store.trajectories(db).to_arrow().select(["id", *GATE_COLUMNS]).to_pandas()
     return apply_gate(frame, resource("curation").gate())[1]
 
 

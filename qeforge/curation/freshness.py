@@ -7,8 +7,6 @@ import pandas as pd
 from qeforge.categories import CATEGORIES
 from qeforge.curation.gate import GateRules, apply_gate
 
-GATE_COLUMNS = ["task", "category", "domain", "outcome", "quality", "confidence", "usage_count"]
-
 
 def new_eligible_counts(trajectories: pd.DataFrame, manifest: dict | None, gate: GateRules) -> dict[str, int]:
     """Rows that pass the gate now, minus those that passed it when the current version was curated

@@ -24,6 +24,9 @@ class GateRules:
     reference_sources: tuple[str, ...] = (EXCHANGES_SOURCE,)
 
 
+# What apply_gate reads of a trajectory.
+GATE_COLUMNS = ["task", "category", "domain", "outcome", "quality", "confidence", "usage_count", "source"]
+
 # Condition names, in the order the first failing one is charged.
 CONDITIONS = ("out_of_scope", "outcome_not_success", "quality_below_min", "confidence_below_min", "usage_below_min")
 
@@ -54,12 +57,13 @@ def apply_gate(frame: pd.DataFrame, t: GateRules) -> tuple[pd.DataFrame, GateRep
     category, source = resolve_categories(frame, t.domain_categories, t.task_patterns)
     frame = frame.assign(category=category, category_source=source)
     out_of_scope = source.eq("out_of_scope")
+    reference = frame["source"].isin(t.reference_sources) if "source" in frame else pd.Series(False, index=frame.index)
     checks = {
         "out_of_scope": out_of_scope,
         "outcome_not_success": frame["outcome"] != "success",
         "quality_below_min": frame["quality"] < t.min_quality,
         "confidence_below_min": frame["confidence"] < t.min_confidence,
-        "usage_below_min": (frame["usage_count"].fillna(0) < t.min_usage_count) & ~frame["source"].isin(t.reference_sources),
+        "usage_below_min": (frame["usage_count"].fillna(0) < t.min_usage_count) & ~reference,
     }
     first = pd.Series("", index=frame.index)
     for name in CONDITIONS:
