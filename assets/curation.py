@@ -16,7 +16,7 @@ from qeforge.curation.export import dataset_records, write_version
 from qeforge.curation.gate import apply_gate
 from qeforge.curation.report import curation_report, split_counts
 from qeforge.curation.split import assign_splits, leakage_groups
-from qeforge.embedding import EMBEDDING_DIM, embed_texts, reusable_vectors
+from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts, reusable_vectors
 from qeforge.ingest import format_summary, import_exchanges
 
 GROUP = "curation"
@@ -133,7 +133,7 @@ def trajectory_embeddings(
     """One task embedding per kept trajectory: a stored vector is reused when it embeds the task text with
     the same model (agentic-qe's embed `name + description + tags` or `domain: task`); others are computed."""
     vectors, reusable = reusable_vectors(quality_gated["stored_embedding"].tolist(), quality_gated["embedding_model"].tolist(),
-                                         quality_gated["embedding_text"].tolist(), curation.embedding_model)
+                                         quality_gated["embedding_text"].tolist())
     missing = np.flatnonzero(~reusable)
 
     def progress(done: int, total: int) -> None:
@@ -143,7 +143,7 @@ def trajectory_embeddings(
     if len(missing):
         texts = quality_gated["task"].iloc[missing].tolist()
         vectors[missing] = embed_texts(
-            texts, model_name=curation.embedding_model, batch_size=curation.embedding_batch_size, progress=progress
+            texts, batch_size=curation.embedding_batch_size, progress=progress
         )
     frame = quality_gated.drop(columns=["stored_embedding"]).assign(vector=list(vectors) if len(vectors) else [])
     store.write_embeddings(lancedb.connect(), frame["id"], frame["category"], frame["quality"], vectors)
@@ -155,7 +155,7 @@ def trajectory_embeddings(
             "computed": int(len(missing)),
             "stored_but_other_text": int(sum(v is not None and t not in (None, "task") for v, t in
                                              zip(quality_gated["stored_embedding"], quality_gated["embedding_text"]))),
-            "embedding_model": curation.embedding_model,
+            "embedding_model": EMBEDDING_MODEL,
             "dim": EMBEDDING_DIM,
         },
     )

@@ -12,7 +12,6 @@ from pydantic import Field
 from qeforge import store
 from qeforge.categories import DEFAULT_MIX, OVERALL_TARGET
 from qeforge.curation.gate import GateRules
-from qeforge.embedding import EMBEDDING_MODEL
 from qeforge.evaluation.routing import Prices
 from qeforge.locations import default_locations, is_uri, project_path
 from qeforge.serving.app import Settings
@@ -146,7 +145,6 @@ class CurationSettings(dg.ConfigurableResource):
                                             'an unlabeled row is "none of the four" below this classifier probability')
     min_category_similarity: float = Field(default=MIN_CATEGORY_SIMILARITY, description=
                                            "... or below this cosine to its category's nearest labeled row")
-    embedding_model: str = EMBEDDING_MODEL
     embedding_batch_size: int = 64
     seed: int = 0
 
