@@ -15,7 +15,7 @@ from qeforge.curation.dedup import deduplicate
 from qeforge.curation.export import dataset_records, write_version
 from qeforge.curation.gate import apply_gate
 from qeforge.curation.report import curation_report, split_counts
-from qeforge.curation.split import assign_splits, leakage_groups
+from qeforge.curation.split import SPLITS, assign_splits, leakage_groups
 from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts, reusable_vectors
 from qeforge.ingest import format_summary, import_exchanges
 
@@ -303,9 +303,9 @@ def curated_datasets(
     multitask = None
     if curation.multitask_dataset:
         # Mixed per split, so the multi-task splits never mix rows across the per-category splits.
-        parts = [mix_rows(frame[frame["split"] == s], curation.target_mix) for s in ("train", "validation", "test")]
+        parts = [mix_rows(frame[frame["split"] == s], curation.target_mix) for s in SPLITS]
         multitask = dataset_records(pd.concat([p for p, _ in parts]))
-        report["multi-task"] = {s: r for s, (_, r) in zip(("train", "validation", "test"), parts)}
+        report["multi-task"] = {s: r for s, (_, r) in zip(SPLITS, parts)}
     version, path, written = write_version(records, dataset_store.path(), report=report,
                                            classifier=loaded_classifier(category_classifier), multitask=multitask)
     context.log.info(f"dataset version {version} at {path} ({'written' if written else 'unchanged, reused'})")

@@ -14,12 +14,12 @@ from pathlib import Path
 import yaml
 
 from qeforge.categories import CATEGORIES
+from qeforge.curation.split import SPLITS
 from qeforge.evaluation.reference_types import TYPES
 from qeforge.locations import project_path
 
 TASKS_DIR = project_path("evals/tasks")
 METRICS_DIR = project_path("evals/metrics")
-SPLITS = ("train", "validation", "test")
 
 
 class EvalSpecError(ValueError):
