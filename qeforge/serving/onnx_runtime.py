@@ -14,12 +14,13 @@ step costs O(prefix) instead of re-running the whole prefix (O(n^2) over a gener
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from qeforge.hashing import file_sha256
 
 MODEL_FILE = "model.onnx"
 EXPORT_INFO = "export_info.json"
@@ -28,14 +29,6 @@ DEFAULT_PROMPTS = [
     "Write pytest tests for a function that parses ISO dates and rejects invalid ones.",
     "<|user|>\nWhy is this test flaky?<|end|>\n<|assistant|>\n",
 ]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_merged(base_name_or_path: str, adapter_dir: str | Path):
@@ -69,7 +62,7 @@ def export_merged(
 
     out = Path(out_dir)
     info_path = out / EXPORT_INFO
-    adapter_sha = _sha256(Path(adapter_dir) / "adapter_model.safetensors")
+    adapter_sha = file_sha256(Path(adapter_dir) / "adapter_model.safetensors")
     if info_path.exists() and (out / MODEL_FILE).exists():
         info = json.loads(info_path.read_text())
         if (info.get("base"), info.get("adapter_sha256")) == (str(base_name_or_path), adapter_sha) and (
