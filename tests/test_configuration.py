@@ -89,3 +89,12 @@ def test_info_shows_the_configured_evals_dir(qe_home, tmp_path, monkeypatch, cap
     monkeypatch.setitem(RESOURCES, "evaluation", EvaluationSettings(evals_dir=str(tmp_path / "evals")))
     assert main(["info", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["evals_dir"] == str(tmp_path / "evals")
+
+
+def test_the_cli_offers_every_profile_and_each_has_a_base():
+    from qeforge.cli import build_parser
+    from qeforge.training.base_sources import PROFILE_BASES
+    from qeforge.training.recipes import PROFILES
+
+    assert [build_parser().parse_args(["run", "--profile", p]).profile for p in PROFILES] == list(PROFILES)
+    assert set(PROFILE_BASES) | {"tiny"} == set(PROFILES)  # tiny builds its own base

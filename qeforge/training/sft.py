@@ -1,7 +1,7 @@
 """LoRA SFT of one category, in the spirit of trl/scripts/sft.py.
 
     python -m qeforge.training.sft --config recipes/phi-4/sft/config_code-review.yaml \
-        --dataset_path <datasets_dir>/<version>/code-review --output_dir <models_dir>/code-review
+        --dataset_path <datasets_dir>/<version>/code-review --output_dir <models_dir>/adapters/code-review/<version>
     accelerate launch -m qeforge.training.sft --config ...
 
 output_dir ends up holding adapter_config.json + adapter_model.safetensors (never base
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .base_sources import base_provenance
-from .config import RecipeError, ScriptArguments, check_recipe_keys, load_recipe  # noqa: F401 (re-exported)
+from .config import RecipeError
 
 SUMMARY = "training_summary.json"
 RUN_STATE = "run_state.json"  # present while a run is unfinished: its fingerprint + base val loss
