@@ -15,8 +15,8 @@ from qeforge.curation.dedup import deduplicate
 from qeforge.curation.export import dataset_records, write_version
 from qeforge.curation.gate import apply_gate
 from qeforge.curation.report import curation_report, split_counts
-from qeforge.curation.split import assign_splits, leakage_groups
-from qeforge.embedding import EMBEDDING_DIM, embed_texts, reusable_vectors
+from qeforge.curation.split import SPLITS, assign_splits, leakage_groups
+from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts, reusable_vectors
 from qeforge.ingest import format_summary, import_exchanges
 
 GROUP = "curation"
@@ -133,7 +133,7 @@ def trajectory_embeddings(
     """One task embedding per kept trajectory: a stored vector is reused when it embeds the task text with
     the same model (agentic-qe's embed `name + description + tags` or `domain: task`); others are computed."""
     vectors, reusable = reusable_vectors(quality_gated["stored_embedding"].tolist(), quality_gated["embedding_model"].tolist(),
-                                         quality_gated["embedding_text"].tolist(), curation.embedding_model)
+                                         quality_gated["embedding_text"].tolist())
     missing = np.flatnonzero(~reusable)
 
     def progress(done: int, total: int) -> None:
@@ -143,7 +143,7 @@ def trajectory_embeddings(
     if len(missing):
         texts = quality_gated["task"].iloc[missing].tolist()
         vectors[missing] = embed_texts(
-            texts, model_name=curation.embedding_model, batch_size=curation.embedding_batch_size, progress=progress
+            texts, batch_size=curation.embedding_batch_size, progress=progress
         )
     frame = quality_gated.drop(columns=["stored_embedding"]).assign(vector=list(vectors) if len(vectors) else [])
     store.write_embeddings(lancedb.connect(), frame["id"], frame["category"], frame["quality"], vectors)
@@ -155,7 +155,7 @@ def trajectory_embeddings(
             "computed": int(len(missing)),
             "stored_but_other_text": int(sum(v is not None and t not in (None, "task") for v, t in
                                              zip(quality_gated["stored_embedding"], quality_gated["embedding_text"]))),
-            "embedding_model": curation.embedding_model,
+            "embedding_model": EMBEDDING_MODEL,
             "dim": EMBEDDING_DIM,
         },
     )
@@ -303,9 +303,9 @@ def curated_datasets(
     multitask = None
     if curation.multitask_dataset:
         # Mixed per split, so the multi-task splits never mix rows across the per-category splits.
-        parts = [mix_rows(frame[frame["split"] == s], curation.target_mix) for s in ("train", "validation", "test")]
+        parts = [mix_rows(frame[frame["split"] == s], curation.target_mix) for s in SPLITS]
         multitask = dataset_records(pd.concat([p for p, _ in parts]))
-        report["multi-task"] = {s: r for s, (_, r) in zip(("train", "validation", "test"), parts)}
+        report["multi-task"] = {s: r for s, (_, r) in zip(SPLITS, parts)}
     version, path, written = write_version(records, dataset_store.path(), report=report,
                                            classifier=loaded_classifier(category_classifier), multitask=multitask)
     context.log.info(f"dataset version {version} at {path} ({'written' if written else 'unchanged, reused'})")

@@ -9,7 +9,7 @@ import dagster as dg
 from assets.metadata import md_records
 from pipelines.partitions import category_partitions
 from pipelines.resources import mlflow_retries, MLflowResource, TrainingSettings
-from qeforge.categories import CATEGORIES
+from qeforge.categories import CATEGORIES, registered_model_name
 from qeforge.training.adapters import adapter_dir, recorded_run_id, write_run_record
 
 GROUP = "training"
@@ -139,7 +139,7 @@ def lora_adapter(
         context.log.info(f"unchanged dataset, recipe and base: reusing run {run_id}")
     else:
         plot = plot_loss_curves(summary, output_dir / "loss_curve.png")
-        experiment = f"qeforge-{category}"
+        experiment = registered_model_name(category)  # one MLflow experiment per registered model
         with mlflow_retries():
             mlflow.experiment_id(experiment)  # creates it with the configured artifact location
             run_id = log_training_run(

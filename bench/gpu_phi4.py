@@ -194,7 +194,7 @@ def step_clock(device: str):
 def phi4_recipe(shape: dict, overrides: dict | None = None):
     """The recipe's (ScriptArguments, SFTConfig, ModelConfig); bf16 only where the shape runs in it."""
     from qeforge.training.recipes import recipe_path
-    from qeforge.training.sft import load_recipe
+    from qeforge.training.config import load_recipe
 
     bf16 = {"bf16": shape["dtype"] == "bfloat16"}
     return load_recipe(recipe_path("phi-4", CATEGORY), overrides={**bf16, **(overrides or {})})

@@ -39,8 +39,9 @@ def smol_base() -> Path:
 def run_mode(base: str, data: str, out: str, steps: int, packing: bool) -> dict:
     """One timed SFT run (in a fresh process); its numbers and the process's peak RSS."""
     from bench.training_packing import batch_meter
+    from qeforge.training.config import load_recipe
     from qeforge.training.recipes import recipe_path
-    from qeforge.training.sft import load_recipe, main
+    from qeforge.training.sft import main
 
     overrides = {"model_name_or_path": base, "dataset_path": data, "category": CATEGORY, "output_dir": out,
                  "max_steps": steps, "packing": packing, "disable_tqdm": True,

@@ -93,7 +93,8 @@ def batch_meter():
 
 def run_sft(base: Path, data: Path, out: Path, steps: int, packing: bool) -> dict:
     from qeforge.training.recipes import recipe_path
-    from qeforge.training.sft import load_recipe, main
+    from qeforge.training.config import load_recipe
+    from qeforge.training.sft import main
 
     overrides = {
         "model_name_or_path": str(base), "dataset_path": str(data), "category": CATEGORY,

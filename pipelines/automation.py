@@ -4,32 +4,31 @@ curation (schedule or sensor) -> category runs, one per affected partition -> ro
 The category list travels as the run tag `qeforge/categories` ("all" from the schedule).
 """
 
-import os
-
 import dagster as dg
 
 from pipelines.jobs import category_job, curation_job, routing_job
-from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBResource
+from pipelines.resources import (RESOURCES, AutomationSettings, CurationSettings, DatasetStoreResource,
+                                 LanceDBResource)
 from qeforge.categories import CATEGORIES
 
 CATEGORIES_TAG = "qeforge/categories"
-# Monday 03:00 by default; QEFORGE_REFRESH_CRON overrides it (read when the code location loads).
-REFRESH_CRON = os.environ.get("QEFORGE_REFRESH_CRON", "0 3 * * 1")
-NEW_TRAJECTORIES_THRESHOLD = int(os.environ.get("QEFORGE_NEW_TRAJECTORIES_THRESHOLD", "50"))
 
-weekly_refresh = dg.ScheduleDefinition(
-    name="weekly_refresh",
-    cron_schedule=REFRESH_CRON,
-    job=curation_job,
-    tags={CATEGORIES_TAG: "all"},
-    execution_timezone="UTC",
-    description="Refresh datasets, then retrain, evaluate and register every category",
-)
+
+def weekly_refresh(cron: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="weekly_refresh",
+        cron_schedule=cron,
+        job=curation_job,
+        tags={CATEGORIES_TAG: "all"},
+        execution_timezone="UTC",
+        description="Refresh datasets, then retrain, evaluate and register every category",
+    )
 
 
 @dg.sensor(job=curation_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
 def new_trajectories(
-    context: dg.SensorEvaluationContext, lancedb: LanceDBResource, curation: CurationSettings, dataset_store: DatasetStoreResource
+    context: dg.SensorEvaluationContext, lancedb: LanceDBResource, curation: CurationSettings,
+    dataset_store: DatasetStoreResource, automation: AutomationSettings,
 ):
     """Request curation when a category gained enough eligible trajectories since the current dataset version."""
     from qeforge import store
@@ -40,9 +39,10 @@ def new_trajectories(
     frame = store.trajectories(lancedb.connect()).to_arrow().select(GATE_COLUMNS).to_pandas()
     manifest = load_manifest(dataset_store.path())
     counts = new_eligible_counts(frame, manifest, curation.gate())
-    affected = sorted(c for c, n in counts.items() if n >= NEW_TRAJECTORIES_THRESHOLD)
+    threshold = automation.resolved_new_trajectories_threshold()
+    affected = sorted(c for c, n in counts.items() if n >= threshold)
     if not affected:
-        return dg.SkipReason(f"new eligible trajectories {counts} below {NEW_TRAJECTORIES_THRESHOLD} per category")
+        return dg.SkipReason(f"new eligible trajectories {counts} below {threshold} per category")
     version = manifest["version"] if manifest else "none"
     return dg.RunRequest(
         # One request per (dataset version, affected set, counts): a tick that sees the same state asks nothing new.
@@ -74,5 +74,6 @@ def after_category(context: dg.RunStatusSensorContext):
     return dg.RunRequest(run_key=context.dagster_run.run_id)
 
 
-SCHEDULES = [weekly_refresh]
+# A schedule's cron is fixed when the code location loads, so it is read from the configured resource here.
+SCHEDULES = [weekly_refresh(RESOURCES["automation"].resolved_refresh_cron())]
 SENSORS = [new_trajectories, after_curation, after_category]

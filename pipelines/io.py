@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from qeforge.locations import project_path, qeforge_home
+from pipelines.resources import embedded_default
+from qeforge.locations import project_path
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
@@ -17,7 +18,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     def _path(self, context, suffix: str, partition: str | None = None) -> Path:
         # InputContext and OutputContext both expose the asset key and partition of the stored value.
-        base = project_path(self.base_dir) if self.base_dir else qeforge_home() / "assets"
+        base = project_path(self.base_dir or Path(embedded_default("home")) / "assets")
         parts = list(context.asset_key.path)
         if partition is None and context.has_asset_partitions:
             partition = context.asset_partition_key

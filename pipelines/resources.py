@@ -12,7 +12,6 @@ from pydantic import Field
 from qeforge import store
 from qeforge.categories import DEFAULT_MIX, OVERALL_TARGET
 from qeforge.curation.gate import GateRules
-from qeforge.embedding import EMBEDDING_MODEL
 from qeforge.evaluation.routing import Prices
 from qeforge.locations import default_locations, is_uri, project_path
 from qeforge.serving.app import Settings
@@ -26,6 +25,13 @@ from qeforge.training.adapters import latest_adapters
 # Defaults come from the library's dataclasses, so a default changes in one place.
 _GATE = GateRules()
 _PRICES = Prices()
+
+
+def embedded_default(location: str) -> str:
+    """The embedded default for a `Locations` field: the one place the wiring asks `default_locations()`.
+    Read on each call, not at import, so a QEFORGE_HOME set later (the main job's, a test's scratch home)
+    holds for the resources built at import."""
+    return getattr(default_locations(), location)
 
 
 def transient_mlflow_error(error: BaseException) -> bool:
@@ -56,7 +62,7 @@ class LanceDBResource(dg.ConfigurableResource):
     storage_options: dict[str, str] = Field(default_factory=dict, description="object-store credentials/options")
 
     def resolved_uri(self) -> str:
-        uri = self.uri or default_locations().lancedb_uri
+        uri = self.uri or embedded_default("lancedb_uri")
         return uri if is_uri(uri) else str(project_path(uri))
 
     def connect(self):
@@ -70,12 +76,12 @@ class MLflowResource(dg.ConfigurableResource):
     artifact_root: str = Field(default="", description="artifact location for new experiments; empty: local")
 
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or default_locations().mlflow_tracking_uri
+        return self.tracking_uri or embedded_default("mlflow_tracking_uri")
 
     def resolved_artifact_root(self) -> str | None:
         """The field, else $QEFORGE_MLFLOW_ARTIFACT_ROOT (e.g. s3://bucket/mlflow beside a SQL backend), else
         local files beside a sqlite store; a tracking server otherwise decides where artifacts go."""
-        root = self.artifact_root or default_locations().mlflow_artifact_root
+        root = self.artifact_root or embedded_default("mlflow_artifact_root")
         if is_uri(root):
             return root
         if self.artifact_root or self.resolved_tracking_uri().startswith("sqlite:"):
@@ -102,7 +108,7 @@ class DatasetStoreResource(dg.ConfigurableResource):
     root: str = Field(default="", description="empty: <QEFORGE_HOME>/datasets")
 
     def path(self) -> Path:
-        return project_path(self.root or default_locations().datasets_dir)
+        return project_path(self.root or embedded_default("datasets_dir"))
 
 
 class CurationSettings(dg.ConfigurableResource):
@@ -139,7 +145,6 @@ class CurationSettings(dg.ConfigurableResource):
                                             'an unlabeled row is "none of the four" below this classifier probability')
     min_category_similarity: float = Field(default=MIN_CATEGORY_SIMILARITY, description=
                                            "... or below this cosine to its category's nearest labeled row")
-    embedding_model: str = EMBEDDING_MODEL
     embedding_batch_size: int = 64
     seed: int = 0
 
@@ -147,6 +152,23 @@ class CurationSettings(dg.ConfigurableResource):
         return GateRules(
             self.min_quality, self.min_confidence, self.min_usage_count, self.domain_categories, self.category_task_patterns
         )
+
+
+class AutomationSettings(dg.ConfigurableResource):
+    """When curation runs unattended. Empty fields take their variable: QEFORGE_REFRESH_CRON,
+    QEFORGE_NEW_TRAJECTORIES_THRESHOLD."""
+
+    refresh_cron: str = Field(default="", description="weekly_refresh's cron (UTC), fixed when the code location "
+                              'loads; empty: $QEFORGE_REFRESH_CRON or "0 3 * * 1" (Monday 03:00)')
+    new_trajectories_threshold: int = Field(default=0, description="eligible trajectories a category gains since the "
+                                            "current dataset version before the sensor requests curation; "
+                                            "0: $QEFORGE_NEW_TRAJECTORIES_THRESHOLD or 50")
+
+    def resolved_refresh_cron(self) -> str:
+        return self.refresh_cron or os.environ.get("QEFORGE_REFRESH_CRON") or "0 3 * * 1"
+
+    def resolved_new_trajectories_threshold(self) -> int:
+        return self.new_trajectories_threshold or int(os.environ.get("QEFORGE_NEW_TRAJECTORIES_THRESHOLD") or 50)
 
 
 class TrainingSettings(dg.ConfigurableResource):
@@ -162,13 +184,11 @@ class TrainingSettings(dg.ConfigurableResource):
     models_dir: str = Field(default="", description="base models and adapters; empty: <QEFORGE_HOME>/models")
 
     def models_path(self) -> Path:
-        return project_path(self.models_dir or default_locations().models_dir)
+        return project_path(self.models_dir or embedded_default("models_dir"))
 
     def adapters_path(self) -> Path:
-        """<adapters>/<category>/<dataset version>/ (qeforge.training.adapters)."""
-        if self.models_dir:
-            return self.models_path() / "adapters"
-        return project_path(default_locations().adapters_dir)
+        """<models>/adapters/<category>/<dataset version>/ (qeforge.training.adapters)."""
+        return self.models_path() / "adapters"
 
     def latest_adapters(self) -> dict[str, dict]:
         return latest_adapters(self.adapters_path())
@@ -192,7 +212,7 @@ class EvaluationSettings(dg.ConfigurableResource):
         return Prices(self.claude_input_per_mtok, self.claude_output_per_mtok, self.local_per_hour, self.local_requests_per_hour)
 
     def evals_path(self) -> Path:
-        return project_path(self.evals_dir or default_locations().evals_dir)
+        return project_path(self.evals_dir or embedded_default("evals_dir"))
 
     def policies_path(self) -> Path:
         return self.evals_path() / "routing_policies"
@@ -231,7 +251,7 @@ class ServingSettings(dg.ConfigurableResource):
                                        "(default: sk-... and sk-ant-... keys, AKIA... AWS keys, bearer tokens, password=...)")
 
     def registry_cache_path(self) -> Path:
-        return project_path(self.registry_cache_dir or Path(default_locations().home) / "serving" / "registry_cache")
+        return project_path(self.registry_cache_dir or Path(embedded_default("home")) / "serving" / "registry_cache")
 
     def settings(self, source, *, models_dir: Path, classifier_path: Path | None, db) -> Settings:
         """The gateway's settings, every field resolved here once."""
@@ -261,6 +281,7 @@ RESOURCES = {
     "mlflow": MLflowResource(),
     "dataset_store": DatasetStoreResource(),
     "curation": CurationSettings(),
+    "automation": AutomationSettings(),
     "training": TrainingSettings(),
     "evaluation": EvaluationSettings(),
     "serving": ServingSettings(),

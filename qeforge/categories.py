@@ -1,7 +1,8 @@
 """The four QE task categories: the one list everything else derives from.
 
-Dagster partitions, training recipes, eval specs, registry names and serving
-routes are all built from CATEGORIES; nothing else spells them out.
+Dagster partitions, registry names and serving routes are built from CATEGORIES. Tables that hold
+something per category (recipes/, evals/tasks/, curation.domains, the demo data, serving.smoke's
+prompts) name the categories as their keys; nothing else spells them out.
 """
 
 CATEGORIES: tuple[str, ...] = (
@@ -37,5 +38,9 @@ SYSTEM_PROMPTS: dict[str, str] = {
 OUTCOMES: tuple[str, ...] = ("success", "failure", "partial", "skipped", "unknown")
 
 
+# The registered model and the served model name of a category: qeforge-<category>.
+MODEL_PREFIX = "qeforge-"
+
+
 def registered_model_name(category: str) -> str:
-    return f"qeforge-{category}"
+    return MODEL_PREFIX + category

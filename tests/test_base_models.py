@@ -175,12 +175,12 @@ def llama_gguf(chatml_tokenizer, tmp_path_factory):
 def test_gguf_is_dequantized_once_to_safetensors_with_its_tokenizer(llama_gguf, chatml_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qeforge.training.base_sources import sha256_file
+    from qeforge.hashing import file_sha256
 
     path, reference = llama_gguf
     base = resolve_base(str(path), tmp_path / "cache")
     out = tmp_path / "cache" / base.name_or_path.rsplit("/", 1)[-1]
-    assert base.kind == "gguf" and base.sha256 == sha256_file(path)
+    assert base.kind == "gguf" and base.sha256 == file_sha256(path)
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.gguf"))
     info = json.loads((out / "base_info.json").read_text())
     assert info["sha256"] == base.sha256 and info["architecture"] == "llama"

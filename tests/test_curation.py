@@ -322,7 +322,7 @@ def test_stored_vectors_are_reused_only_for_the_task_text_and_model():
     v = [3.0] + [0.0] * (EMBEDDING_DIM - 1)
     vectors, reusable = reusable_vectors([v, v, v, None, v[:10]], [EMBEDDING_MODEL, EMBEDDING_MODEL, "other", None,
                                                                    EMBEDDING_MODEL],
-                                         [None, "domain: task", "task", None, "task"], EMBEDDING_MODEL)
+                                         [None, "domain: task", "task", None, "task"])
     assert reusable.tolist() == [True, False, False, False, False] and vectors[0, 0] == 1.0  # unit length
 
 

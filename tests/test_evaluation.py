@@ -10,7 +10,8 @@ import pytest
 from qeforge.categories import CATEGORIES
 from qeforge.evaluation.parsers import parse_flaky_verdict, parse_review_lines, parse_uncovered_lines
 from qeforge.evaluation.policy import load_policy, write_policy
-from qeforge.evaluation.run import jsonable, overall_ratio, summarize
+from qeforge.evaluation.policy import jsonable
+from qeforge.evaluation.run import overall_ratio, summarize
 from qeforge.evaluation.scoring import score_outputs
 from qeforge.evaluation.spec import EvalSpecError, load_spec
 

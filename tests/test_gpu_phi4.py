@@ -32,7 +32,7 @@ def _numbers(node):
 @pytest.mark.slow  # two LoRA runs and four served adapters: 21 s to 2.5 min on 2 cores, by their load
 def test_tiny_dry_run():
     from qeforge.training.recipes import recipe_path
-    from qeforge.training.sft import load_recipe
+    from qeforge.training.config import load_recipe
 
     done = subprocess.run([sys.executable, "-m", "bench.gpu_phi4", "--config", "tiny"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)

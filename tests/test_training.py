@@ -125,6 +125,16 @@ def test_recipe_path_rejects_unknown_category():
 # --- errors before training ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("profile", ["tiny", "smol", "phi-4"])
+def test_a_recipe_run_without_its_output_dir_is_refused(profile):
+    """Every recipe's output_dir is a placeholder; left unset it must not train into the current directory."""
+    from qeforge.training.sft import main
+
+    cpu = {"bf16": False}  # phi-4's bf16 only validates on a bf16 GPU; the output_dir check comes first anyway
+    with pytest.raises(RecipeError, match="adapters/<category>/<version>"):
+        main(*load_recipe(recipe_path(profile, CATEGORY), overrides=cpu))
+
+
 @pytest.mark.slow
 def test_empty_train_split_is_rejected(tiny_base, tmp_path):
     from qeforge.training.sft import main

@@ -45,14 +45,11 @@ TASK_PATTERNS: dict[str, str] = {
     "test-generation": r"\b(write|generate|add)\b.*\btests?\b",
 }
 
-# Where each row's category came from, so reports can say how much is recorded vs inferred.
-SOURCES = ("recorded", "domain_map", "task_pattern", "out_of_scope", "unmapped")
-
-
 def resolve_categories(
     frame: pd.DataFrame, domain_map: dict[str, str | None], task_patterns: dict[str, str]
 ) -> tuple[pd.Series, pd.Series]:
-    """(category per row or None, its source per row). `unmapped` rows go to the classifier;
+    """(category per row or None, its source per row: recorded, domain_map, task_pattern, out_of_scope
+    or unmapped, so reports can say how much is recorded vs inferred). `unmapped` rows go to the classifier;
     `out_of_scope` rows are excluded by the gate with the domain as the reason."""
     unknown = {v for v in domain_map.values() if v not in (*CATEGORIES, BY_TASK, None)}
     unknown |= set(task_patterns) - set(CATEGORIES)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from qeforge.categories import CATEGORIES
+from qeforge.curation.split import SPLITS
 
 
 def curation_report(raw: pd.DataFrame, gated: pd.DataFrame, categorized: pd.DataFrame, used: pd.DataFrame,
@@ -41,5 +42,5 @@ def curation_report(raw: pd.DataFrame, gated: pd.DataFrame, categorized: pd.Data
 
 def split_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Rows per category and split."""
-    return {c: {s: int(((frame["category"] == c) & (frame["split"] == s)).sum()) for s in ("train", "validation", "test")}
+    return {c: {s: int(((frame["category"] == c) & (frame["split"] == s)).sum()) for s in SPLITS}
             for c in CATEGORIES}

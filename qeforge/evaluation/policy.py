@@ -2,17 +2,37 @@
 
     <evals_dir>/routing_policies/<version>.json   immutable, version = content hash
     <evals_dir>/routing_policies/CURRENT          the version in use
-The serving shim and the registry read it; a threshold of "inf" means "always escalate".
+The serving shim and the registry read it; a threshold of "inf" means "always escalate". `jsonable`
+is the JSON convention for numbers it, the evaluation summaries and the gateway's responses share.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 SCHEMA_VERSION = 1
+
+
+def jsonable(value):
+    """JSON-safe copy: NaN -> null, +-inf -> "inf"/"-inf" (float("inf") reads it back), numpy -> python."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return None if math.isnan(value) else ("inf" if value == math.inf else "-inf" if value == -math.inf else value)
+    return value
 
 
 def write_policy(categories: dict[str, dict], overall: dict, root: Path) -> tuple[dict, Path]:

@@ -22,6 +22,7 @@ import pandas as pd
 from qeforge.evaluation import routing, stats
 from qeforge.evaluation.calibration import reference_calibration, truth_counts
 from qeforge.evaluation.generate import generate, load_adapter_model, prompt_messages
+from qeforge.evaluation.policy import jsonable
 from qeforge.evaluation.sandbox import isolation_summary
 from qeforge.evaluation.references import resolve_truths
 from qeforge.evaluation.scoring import score_outputs
@@ -134,22 +135,6 @@ def evaluate_category(
             f"{unscorable} unscorable)")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-def jsonable(value):
-    """JSON-safe copy: NaN -> null, +-inf -> "inf"/"-inf" (float("inf") reads it back), numpy -> python."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return None if math.isnan(value) else ("inf" if value == math.inf else "-inf" if value == -math.inf else value)
-    return value
 
 
 def reference_answers(frame: pd.DataFrame) -> pd.DataFrame:

@@ -25,7 +25,8 @@ from qeforge.evaluation.spec import METRICS_DIR, EvalSpec, EvalSpecError, resolv
 def load_metric(module: str):
     import evaluate
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local modules only: the Hub is unreachable
+    # A local module directory: no Hub call. (Offline mode is the entry points' choice, and the Hub reads
+    # HF_HUB_OFFLINE when imported, so setting it here, after `import evaluate`, changed nothing.)
     return evaluate.load(str(METRICS_DIR / module))
 
 

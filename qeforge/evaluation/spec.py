@@ -6,7 +6,6 @@ metrics are evaluate modules shipped under evals/metrics/. Every reference list 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +13,13 @@ from pathlib import Path
 import yaml
 
 from qeforge.categories import CATEGORIES
+from qeforge.curation.split import SPLITS
 from qeforge.evaluation.reference_types import TYPES
+from qeforge.hashing import file_sha256
 from qeforge.locations import project_path
 
 TASKS_DIR = project_path("evals/tasks")
 METRICS_DIR = project_path("evals/metrics")
-SPLITS = ("train", "validation", "test")
 
 
 class EvalSpecError(ValueError):
@@ -121,7 +121,7 @@ def load_spec(category: str, tasks_dir: Path = TASKS_DIR) -> EvalSpec:
             score_range=tuple(score["range"]),
             report_columns=tuple(raw.get("report_columns") or ()),
             target_ratio=float(raw["targets"]["quality_ratio"]),
-            digest=hashlib.sha256(path.read_bytes()).hexdigest()[:12],
+            digest=file_sha256(path)[:12],
         )
     except (KeyError, TypeError) as e:
         raise EvalSpecError(f"{where}: missing or malformed field {e}") from e

@@ -87,84 +87,106 @@ class _Unauthorized(Exception):
     pass
 
 
+class _ApiKey:
+    """OpenAI's and Ollama's clients send 'Authorization: Bearer <key>', Anthropic's 'x-api-key: <key>'."""
+
+    def __init__(self, key: str | None):
+        self.key = key
+
+    def sent(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        sent = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
+        return bool(self.key) and hmac.compare_digest(sent.encode(), self.key.encode())
+
+    def require(self, request: Request) -> None:
+        """The guarded routes' dependency."""
+        if self.key and not self.sent(request):
+            raise _Unauthorized()
+
+
 def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = None,
                max_body_bytes: int | None = None, recorder: Recorder | None = None) -> FastAPI:
     """recorder: where exchanges go (Settings build theirs; an engine alone records nothing); closed,
     so flushed, when the server shuts down."""
     if isinstance(engine_or_settings, Settings):
-        engine = engine_or_settings.build_engine()
-        api_key = api_key if api_key is not None else engine_or_settings.api_key
-        max_body_bytes = max_body_bytes if max_body_bytes is not None else engine_or_settings.max_body_bytes
-        recorder = recorder or engine_or_settings.build_recorder()
-    else:
-        engine = engine_or_settings
-    gateway = Gateway(engine, max_body_bytes if max_body_bytes is not None else DEFAULT_MAX_BODY_BYTES, recorder)
+        settings = engine_or_settings
+        return create_app(settings.build_engine(), api_key=settings.api_key if api_key is None else api_key,
+                          max_body_bytes=settings.max_body_bytes if max_body_bytes is None else max_body_bytes,
+                          recorder=recorder or settings.build_recorder())
+    engine = engine_or_settings
+    gateway = Gateway(engine, DEFAULT_MAX_BODY_BYTES if max_body_bytes is None else max_body_bytes, recorder)
+    key = _ApiKey(api_key)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         await run_in_threadpool(gateway.recorder.close)
 
-    app = FastAPI(title="qeforge gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="qeforge gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  exception_handlers=ERROR_HANDLERS)
     app.state.engine, app.state.metrics = engine, gateway.metrics
+    app.include_router(_open_routes(engine, key))
+    app.include_router(_guarded_routes(engine, gateway, key))
+    app.include_router(ollama_api.root_router())
+    return app
 
-    def has_key(request: Request) -> bool:
-        """OpenAI's and Ollama's clients send 'Authorization: Bearer <key>', Anthropic's 'x-api-key: <key>'."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        sent = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
-        return bool(api_key) and hmac.compare_digest(sent.encode(), api_key.encode())
 
-    def check_key(request: Request) -> None:
-        if api_key and not has_key(request):
-            raise _Unauthorized()
+def _count_refusal(request: Request, status: int, code: str | None, category: str = "none") -> None:
+    if request.method == "POST" and request.url.path != "/admin/reload":
+        request.app.state.metrics.refused(protocol_of(request.url.path), status, code, category)
 
-    def count(request: Request, status: int, code: str | None, category: str = "none") -> None:
-        if request.method == "POST" and request.url.path != "/admin/reload":
-            gateway.metrics.refused(protocol_of(request.url.path), status, code, category)
 
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(request, exc):
-        return error(request, 401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-                     code="invalid_api_key")
+async def _unauthorized(request: Request, exc: _Unauthorized):
+    return error(request, 401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                 code="invalid_api_key")
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(request, exc: BadRequest):
-        count(request, exc.status, exc.code)
-        return error(request, exc.status, exc.message, param=exc.param, code=exc.code)
 
-    @app.exception_handler(ServingError)
-    async def refused(request, exc: ServingError):
-        declined = isinstance(exc, Declined)
-        count(request, exc.status, exc.code, exc.category if declined else "none")
-        headers = {"X-QEForge-Route": f"decision=declined; reason={exc.code}; category={exc.category}"} if declined else None
-        return error(request, exc.status, exc.message, param=exc.param, code=exc.code, headers=headers)
+async def _bad_request(request: Request, exc: BadRequest):
+    _count_refusal(request, exc.status, exc.code)
+    return error(request, exc.status, exc.message, param=exc.param, code=exc.code)
 
-    @app.exception_handler(ClientDisconnect)
-    async def gone(request, exc):  # gone while sending the body: nobody to answer, and not a server error
-        count(request, 499, "client_closed")
-        return Response(status_code=499)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        if first.get("type") == "json_invalid":
-            return error(request, 400, "We could not parse the JSON body of your request: it is not valid JSON.")
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        return error(request, 400, f"Invalid request{f' ({param})' if param else ''}: {first.get('msg', 'malformed body')}",
-                     param=param)
+async def _refused(request: Request, exc: ServingError):
+    declined = isinstance(exc, Declined)
+    _count_refusal(request, exc.status, exc.code, exc.category if declined else "none")
+    headers = {"X-QEForge-Route": f"decision=declined; reason={exc.code}; category={exc.category}"} if declined else None
+    return error(request, exc.status, exc.message, param=exc.param, code=exc.code, headers=headers)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request, exc: StarletteHTTPException):
-        return error(request, exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
 
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        count(request, 500, "server_error")
-        return error(request, 500, "The server had an error while processing your request.")
+async def _gone(request: Request, exc: ClientDisconnect):  # gone while sending the body: nobody to answer, not a server error
+    _count_refusal(request, 499, "client_closed")
+    return Response(status_code=499)
 
-    @app.get("/health")
+
+async def _invalid(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return error(request, 400, "We could not parse the JSON body of your request: it is not valid JSON.")
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    return error(request, 400, f"Invalid request{f' ({param})' if param else ''}: {first.get('msg', 'malformed body')}",
+                 param=param)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    return error(request, exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+
+
+async def _crashed(request: Request, exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    _count_refusal(request, 500, "server_error")
+    return error(request, 500, "The server had an error while processing your request.")
+
+
+# Every error in the shape of the path's protocol; refused POSTs counted in the metrics.
+ERROR_HANDLERS = {_Unauthorized: _unauthorized, BadRequest: _bad_request, ServingError: _refused, ClientDisconnect: _gone,
+                  RequestValidationError: _invalid, StarletteHTTPException: _http_error, Exception: _crashed}
+
+
+def _open_routes(engine: Engine, key: _ApiKey) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
     async def health(request: Request):
         """Status for anyone; where the models live (host paths) only for a caller with the API key."""
         snap = engine.snapshot
@@ -173,17 +195,22 @@ def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = N
                   "escalation": engine.escalation is not None, "fallback": engine.fallback}
         if engine.refused:  # e.g. an ONNX model that failed its parity check against PyTorch
             status["refused"] = dict(engine.refused)
-        return {**status, "base_model": snap.base_model, "source": snap.source} if has_key(request) else status
+        return {**status, "base_model": snap.base_model, "source": snap.source} if key.sent(request) else status
 
-    guarded = APIRouter(dependencies=[Depends(check_key)])
+    return router
 
-    @guarded.get("/metrics")
+
+def _guarded_routes(engine: Engine, gateway: Gateway, key: _ApiKey) -> APIRouter:
+    """The three protocols, /metrics, /admin/reload and /v1/feedback: the API key, when one is set."""
+    router = APIRouter(dependencies=[Depends(key.require)])
+
+    @router.get("/metrics")
     async def prometheus():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @guarded.post("/admin/reload")
+    @router.post("/admin/reload")
     async def reload(request: Request):
         try:
             snap = await run_in_threadpool(engine.reload)
@@ -193,15 +220,13 @@ def create_app(engine_or_settings: Engine | Settings, *, api_key: str | None = N
         return {"status": "reloaded", "base_model": snap.base_model, "adapters": {c: a.version for c, a in snap.adapters.items()},
                 "policy_version": snap.policy_version, "source": snap.source}
 
-    @guarded.post("/v1/feedback")
+    @router.post("/v1/feedback")
     async def feedback(request: Request):
         return await gateway.feedback(request)
 
     for protocol in (openai_api, anthropic_api, ollama_api):
-        guarded.include_router(protocol.router(gateway))
-    app.include_router(guarded)
-    app.include_router(ollama_api.root_router())
-    return app
+        router.include_router(protocol.router(gateway))
+    return router
 
 
 def serve(settings: Settings) -> None:

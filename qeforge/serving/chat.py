@@ -13,8 +13,9 @@ for a feature local generation lacks, lists that feature in `needs_claude`.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
+
+from qeforge.evaluation.policy import jsonable
 
 # Block types local generation reads as text; any other block makes the call need Claude.
 TEXT_BLOCKS = ("text",)
@@ -159,10 +160,8 @@ class Completion:
 
 
 def json_number(x: float | None):
-    """JSON-safe number: +-inf as "inf"/"-inf" (the policy files' convention), nan/None as null."""
-    if x is None or math.isnan(x):
-        return None
-    return ("inf" if x > 0 else "-inf") if math.isinf(x) else round(x, 6)
+    """A reported number to 6 places, in the policy files' JSON convention (+-inf as "inf"/"-inf", nan as null)."""
+    return None if x is None else jsonable(round(x, 6))
 
 
 def tool_arguments(block: dict) -> str:

@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS, registered_model_name
+from qeforge.categories import CATEGORIES, MODEL_PREFIX, SYSTEM_PROMPTS, registered_model_name
 from qeforge.curation.categorize import MIN_CATEGORY_PROBABILITY, MIN_CATEGORY_SIMILARITY
 from qeforge.evaluation.generate import stop_token_ids
 from qeforge.serving.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, Batcher, Cancelled, Generated, GenerationRequest
@@ -244,8 +244,8 @@ class Engine:
     def resolve_category(self, call: ChatCall, messages: list[dict], state: _Loaded) -> tuple[str | None, str | None]:
         """(the call's category, None for "none"; the category a fallback may answer with)."""
         model = call.model
-        if model.startswith("qeforge-"):
-            category = model.removeprefix("qeforge-")
+        if model.startswith(MODEL_PREFIX):
+            category = model.removeprefix(MODEL_PREFIX)
             if category not in CATEGORIES:
                 raise ServingError(f"The model {model!r} does not exist; see GET /v1/models", status=404,
                                    code="model_not_found", param="model")

