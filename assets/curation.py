@@ -17,6 +17,7 @@ from qeforge.curation.gate import apply_gate
 from qeforge.curation.report import curation_report, split_counts
 from qeforge.curation.split import SPLITS, assign_splits, leakage_groups
 from qeforge.embedding import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts, reusable_vectors
+from qeforge.hashing import text_sha256
 from qeforge.ingest import format_summary, import_exchanges
 
 GROUP = "curation"
@@ -131,10 +132,17 @@ def trajectory_embeddings(
     curation: CurationSettings,
 ) -> dg.Output[pd.DataFrame]:
     """One task embedding per kept trajectory: a stored vector is reused when it embeds the task text with
-    the same model (agentic-qe's embed `name + description + tags` or `domain: task`); others are computed."""
+    the same model (agentic-qe's embed `name + description + tags` or `domain: task`), then the last
+    curation's vector of the same text (`embeddings`, by the text's sha256); others are computed."""
     vectors, reusable = reusable_vectors(quality_gated["stored_embedding"].tolist(), quality_gated["embedding_model"].tolist(),
                                          quality_gated["embedding_text"].tolist())
-    missing = np.flatnonzero(~reusable)
+    db = lancedb.connect()
+    hashes = [text_sha256(t) for t in quality_gated["task"]]
+    previous = store.task_vectors(db)
+    cached = np.array([not r and h in previous for r, h in zip(reusable, hashes)], dtype=bool)
+    for i in np.flatnonzero(cached):
+        vectors[i] = previous[hashes[i]]
+    missing = np.flatnonzero(~reusable & ~cached)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % (curation.embedding_batch_size * 8) == 0:
@@ -146,12 +154,13 @@ def trajectory_embeddings(
             texts, batch_size=curation.embedding_batch_size, progress=progress
         )
     frame = quality_gated.drop(columns=["stored_embedding"]).assign(vector=list(vectors) if len(vectors) else [])
-    store.write_embeddings(lancedb.connect(), frame["id"], frame["category"], frame["quality"], vectors)
+    store.write_embeddings(db, frame["id"], frame["category"], frame["quality"], vectors, hashes)
     return dg.Output(
         frame,
         metadata={
             "dagster/row_count": len(frame),
             "reused_stored": int(reusable.sum()),
+            "reused_from_last_curation": int(cached.sum()),
             "computed": int(len(missing)),
             "stored_but_other_text": int(sum(v is not None and t not in (None, "task") for v, t in
                                              zip(quality_gated["stored_embedding"], quality_gated["embedding_text"]))),

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from qeforge.categories import CATEGORIES, OUTCOMES
+from qeforge.hashing import text_sha256
 
 # Embedding sizes seen in the wild: MiniLM 384, nomic/bge-base 768, bge-large/e5-large 1024.
 EMBEDDING_DIMS: tuple[int, ...] = (384, 768, 1024)
@@ -296,4 +297,4 @@ def content_hash(row: dict) -> str:
 
 
 def raw_key(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+    return text_sha256(raw)

@@ -112,12 +112,14 @@ def add_trajectories(db, new: list[dict], updated: list[dict], superseded: list[
         table.add(pa.Table.from_pylist(new, schema=TRAJECTORY_SCHEMA))
 
 
-def write_embeddings(db, ids, categories, qualities, vectors):
-    """Replace `embeddings` with one task vector per kept trajectory (nearest-neighbour lookups, sensors)."""
+def write_embeddings(db, ids, categories, qualities, vectors, task_hashes):
+    """Replace `embeddings` with one task vector per kept trajectory (nearest-neighbour lookups, sensors,
+    and the next curation's cache: `task_vectors`)."""
     vectors = np.asarray(vectors, dtype=np.float32)  # (rows, dim), also when there are no rows
     table = pa.table(
         {
             "id": pa.array(list(ids), pa.string()),
+            "task_sha256": pa.array(list(task_hashes), pa.string()),
             # A row the classifier has not categorized yet has no category: NaN from pandas, stored as null.
             "category": pa.array(list(categories), pa.string(), from_pandas=True),
             "quality": pa.array(list(qualities), pa.float64()),
@@ -125,6 +127,18 @@ def write_embeddings(db, ids, categories, qualities, vectors):
         }
     )
     return db.create_table(EMBEDDINGS, data=table, mode="overwrite")
+
+
+def task_vectors(db) -> dict[str, np.ndarray]:
+    """task text sha256 -> its vector, from the last curation's `embeddings` (empty before the first, or
+    from a table written before the hash was kept). The embedding model is fixed, so a text's vector is too."""
+    if EMBEDDINGS not in db.table_names():
+        return {}
+    table = db.open_table(EMBEDDINGS).to_arrow()
+    if "task_sha256" not in table.column_names:
+        return {}
+    vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+    return dict(zip(table.column("task_sha256").to_pylist(), vectors))
 
 
 def write_known_good(db, ids, categories, qualities, vectors, dataset_version: str):

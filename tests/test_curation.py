@@ -331,6 +331,9 @@ def test_embeddings_are_written_through_the_store(tmp_path):
 
     db = store.connect(str(tmp_path / "lancedb"))
     categories = pd.Series(["code-review", np.nan])  # not categorized yet: NaN in the frame
-    store.write_embeddings(db, ["a", "b"], categories, [0.9, 0.8], np.eye(2, 4, dtype=np.float32))
+    store.write_embeddings(db, ["a", "b"], categories, [0.9, 0.8], np.eye(2, 4, dtype=np.float32), ["ha", "hb"])
     table = db.open_table(store.EMBEDDINGS).to_arrow()
     assert (table["category"].to_pylist(), len(table["vector"][0])) == (["code-review", None], 4)
+    # ... and read back as the next curation's cache, by the task text's hash
+    cached = store.task_vectors(db)
+    assert set(cached) == {"ha", "hb"} and cached["hb"].tolist() == [0.0, 1.0, 0.0, 0.0]
