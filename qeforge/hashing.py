@@ -1,4 +1,4 @@
-"""sha256 helpers: of a file, read in 1 MiB chunks so a GGUF base of gigabytes never sits in memory whole; of a text.
+"""sha256 helpers: of a file, read in 1 MiB chunks so a GGUF base of gigabytes never sits in memory whole; of a text."""
 
 from __future__ import annotations
 
