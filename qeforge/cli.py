@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_traffic)
 
     p = sub.add_parser("run", help="the main job: demo data -> every asset of the graph, recorded in DAGSTER_HOME")
-    p.add_argument("--demo-rows", type=int, default=3000)
+    p.add_argument("--demo-rows", type=int, default=2000, help="rows of the synthetic bank (2,000 keeps the job, loop included, near 20 min on 2 cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-demo", action="store_true", help="use the trajectories already in LanceDB")
     p.add_argument("--category", action="append", choices=CATEGORIES,

@@ -159,7 +159,7 @@ def run_fleet_loop(defs, instance, db, training_config: dict, categories, *, see
 
 
 def run_main_job(
-    *, demo_rows: int = 3000, seed: int = 0, skip_demo: bool = False, fleet_loop: bool = True,
+    *, demo_rows: int = 2000, seed: int = 0, skip_demo: bool = False, fleet_loop: bool = True,
     profile: str = "tiny", categories: tuple[str, ...] | None = None,
 ) -> int:
     """Demo data, then the curation, category and routing jobs; `profile` picks TrainingSettings.profile
