@@ -1,4 +1,5 @@
-"""Unattended operation: a weekly refresh, a sensor on new trajectories, and the run chain after curation.
+"""Unattended operation: a weekly refresh, an hourly import of the recorded exchanges (with the traffic
+report), a sensor on new trajectories, and the run chain after curation.
 
 curation (schedule or sensor) -> category runs, one per affected partition -> routing policy.
 The category list travels as the run tag `qeforge/categories` ("all" from the schedule).
@@ -6,7 +7,7 @@ The category list travels as the run tag `qeforge/categories` ("all" from the sc
 
 import dagster as dg
 
-from pipelines.jobs import category_job, curation_job, routing_job
+from pipelines.jobs import category_job, curation_job, routing_job, traffic_job
 from pipelines.resources import (RESOURCES, AutomationSettings, CurationSettings, DatasetStoreResource,
                                  LanceDBResource)
 from qeforge.categories import CATEGORIES
@@ -22,6 +23,16 @@ def weekly_refresh(cron: str) -> dg.ScheduleDefinition:
         tags={CATEGORIES_TAG: "all"},
         execution_timezone="UTC",
         description="Refresh datasets, then retrain, evaluate and register every category",
+    )
+
+
+def hourly_traffic(cron: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="hourly_traffic",
+        cron_schedule=cron,
+        job=traffic_job,
+        execution_timezone="UTC",
+        description="Import the gateway's recorded exchanges into the bank and report the fleet's traffic",
     )
 
 
@@ -75,5 +86,6 @@ def after_category(context: dg.RunStatusSensorContext):
 
 
 # A schedule's cron is fixed when the code location loads, so it is read from the configured resource here.
-SCHEDULES = [weekly_refresh(RESOURCES["automation"].resolved_refresh_cron())]
+SCHEDULES = [weekly_refresh(RESOURCES["automation"].resolved_refresh_cron()),
+             hourly_traffic(RESOURCES["automation"].traffic_cron)]
 SENSORS = [new_trajectories, after_curation, after_category]

@@ -22,3 +22,8 @@ category_job = dg.define_asset_job(
     },
 )
 routing_job = dg.define_asset_job("routing", selection=dg.AssetSelection.assets("routing_policies"))
+# The fleet's recorded exchanges into the bank (where the new_trajectories sensor counts them), and the
+# traffic report on them; hourly (hourly_traffic) and at the end of the main job.
+traffic_job = dg.define_asset_job(
+    "traffic", selection=dg.AssetSelection.assets("recorded_exchanges") | dg.AssetSelection.groups("traffic")
+)

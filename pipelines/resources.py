@@ -155,14 +155,17 @@ class CurationSettings(dg.ConfigurableResource):
 
 
 class AutomationSettings(dg.ConfigurableResource):
-    """When curation runs unattended. Empty fields take their variable: QEFORGE_REFRESH_CRON,
-    QEFORGE_NEW_TRAJECTORIES_THRESHOLD."""
+    """When curation and the traffic report run unattended. Empty fields take their variable:
+    QEFORGE_REFRESH_CRON, QEFORGE_NEW_TRAJECTORIES_THRESHOLD."""
 
     refresh_cron: str = Field(default="", description="weekly_refresh's cron (UTC), fixed when the code location "
                               'loads; empty: $QEFORGE_REFRESH_CRON or "0 3 * * 1" (Monday 03:00)')
     new_trajectories_threshold: int = Field(default=0, description="eligible trajectories a category gains since the "
                                             "current dataset version before the sensor requests curation; "
                                             "0: $QEFORGE_NEW_TRAJECTORIES_THRESHOLD or 50")
+
+    traffic_cron: str = Field(default="0 * * * *", description="hourly_traffic's cron (UTC): recorded exchanges into "
+                              "the bank (so the sensor sees them) and the traffic report")
 
     def resolved_refresh_cron(self) -> str:
         return self.refresh_cron or os.environ.get("QEFORGE_REFRESH_CRON") or "0 3 * * 1"

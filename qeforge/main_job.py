@@ -147,6 +147,8 @@ def run_fleet_loop(defs, instance, db, training_config: dict, categories, *, see
         claude.stop()
     if after is None or repeat is None:
         return False
+    run = defs.resolve_job_def("traffic").execute_in_process(instance=instance, raise_on_error=False)
+    print(f"fleet: traffic report {'materialized (fleet_traffic, with its plot)' if run.success else 'FAILED'}")
     report = traffic_report(read_exchanges(db), RESOURCES["evaluation"].prices(), window=None, by=("caller",))
     agreement = {r["category"]: r["agreement_with_claude"] for r in report["total"] if r["caller"] == "simulated-fleet/repeat"}
     print("fleet: local share before -> after one cycle (new tasks; the pass-one prompts repeated, with agreement with Claude)")

@@ -110,3 +110,13 @@ def test_the_cli_and_the_asset_show_the_same_figures(qe_home, tmp_path):
     meta = result.asset_materializations_for_node("fleet_traffic")[0].metadata
     assert meta["local_share/code-review"].value == cli["code-review"]["local_share"]
     assert meta["requests"].value == 4 and meta["plot"].value.startswith("![")
+
+
+def test_an_hourly_schedule_imports_the_exchanges_and_reports_the_traffic():
+    from pipelines.definitions import defs
+    from pipelines.jobs import traffic_job
+
+    schedule = next(s for s in defs.schedules if s.name == "hourly_traffic")
+    assert (schedule.cron_schedule, schedule.job_name) == ("0 * * * *", "traffic")
+    selected = {k.to_user_string() for k in traffic_job.selection.resolve(defs.resolve_asset_graph())}
+    assert selected == {"recorded_exchanges", "fleet_traffic"}
