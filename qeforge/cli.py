@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from qeforge.categories import CATEGORIES
+from qeforge.categories import CATEGORIES, registered_model_name
 from qeforge.locations import default_locations, qeforge_home
 from qeforge.training.base_sources import SMOL_INSTALL
 from qeforge.training.recipes import PROFILES
@@ -160,7 +160,7 @@ def cmd_promote(args) -> int:
     except MlflowException as e:  # unknown model or version: MLflow's own message says which
         print(f"cannot promote: {e.message}", file=sys.stderr)
         return 1
-    print(f"qeforge-{args.category}: champion v{args.version} (was {previous or 'none'}); "
+    print(f"{registered_model_name(args.category)}: champion v{args.version} (was {previous or 'none'}); "
           "running shims pick it up on POST /admin/reload")
     return 0
 
@@ -173,7 +173,7 @@ def cmd_rollback(args) -> int:
     except LookupError as e:
         print(str(e), file=sys.stderr)
         return 1
-    print(f"qeforge-{args.category}: champion back to v{restored}")
+    print(f"{registered_model_name(args.category)}: champion back to v{restored}")
     return 0
 
 

@@ -47,9 +47,13 @@ def test_claude_passes_its_own_exam_on_demo_data(category_run):
     assert "metadata.uncovered_lines" in calibration.metadata["truth_sources"].value
 
 
-def test_claude_scores_above_the_tiny_adapter(category_run):
+def test_the_quality_ratio_is_the_adapters_mean_over_claudes_on_the_same_examples(category_run):
     summary = category_run.output_for_node("adapter_evaluation")["summary"]
-    assert summary["n_paired"] > 0 and summary["claude_score"]["value"] > summary["adapter_score"]["value"]
+    adapter, base, claude = (summary[f"{w}_score"]["value"] for w in ("adapter", "base", "claude"))
+    assert summary["n_paired"] > 0 and claude > 0
+    assert summary["quality_ratio"]["value"] == pytest.approx(adapter / claude)
+    assert summary["base_quality_ratio"]["value"] == pytest.approx(base / claude)
+    assert summary["adapter_gain_over_base"] == pytest.approx(adapter - base)
 
 
 def test_quality_ratio_lies_inside_its_interval(category_run):
