@@ -45,6 +45,13 @@ def _category_line(category: str, run) -> str:
     return f"{category}: " + "; ".join(parts)
 
 
+def _category_broken(run) -> bool:
+    """A failed category run, unless what failed is the champion gate: a candidate the gate keeps out of
+    `champion` is a valid outcome, not a failed job."""
+    return not run.success and not any(c.check_name == "champion_gate" and not c.passed
+                                       for c in run.get_asset_check_evaluations())
+
+
 # Simulated fleet: tasks per category per pass. 12 x 4 + 2 preflights = 50 calls, each pass a minute or
 # less on the tiny models; enough that a category's share moves in steps of 1/12.
 FLEET_TASKS = 12
@@ -138,6 +145,9 @@ def run_fleet_loop(defs, instance, db, training_config: dict, categories, *, see
             run = defs.resolve_job_def("category").execute_in_process(
                 instance=instance, partition_key=category, run_config=training_config, raise_on_error=False)
             print(f"[{time.time() - started:.0f}s] retrained " + _category_line(category, run), flush=True)
+            if _category_broken(run):
+                print(f"fleet: retraining {category} FAILED (run {run.run_id})")
+                return False
         if not defs.resolve_job_def("routing").execute_in_process(instance=instance, raise_on_error=False).success:
             print("fleet: routing policy FAILED")
             return False
@@ -212,10 +222,8 @@ def run_main_job(
             instance=instance, partition_key=category, run_config=training_config, raise_on_error=False
         )
         print(f"[{time.time() - started:.0f}s] " + _category_line(category, run), flush=True)
-        evaluations = run.get_asset_check_evaluations()
-        # A candidate the gate keeps out of `champion` is a valid outcome, not a failed job.
-        checks += [c for c in evaluations if c.check_name != "champion_gate"]
-        if not run.success and not any(c.check_name == "champion_gate" and not c.passed for c in evaluations):
+        checks += [c for c in run.get_asset_check_evaluations() if c.check_name != "champion_gate"]
+        if _category_broken(run):
             print(f"category {category}: FAILED (run {run.run_id})")
             return 1
     # The combined policy covers every category evaluated so far; one never trained escalates to Claude.
