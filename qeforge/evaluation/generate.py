@@ -1,7 +1,8 @@
 """Greedy generation for evaluation, with the confidence signal the router can compute while answering.
 
-One base model is loaded once; the adapter is switched off (peft's `disable_adapter`) to score
-the base model on the same prompts, so adapter-vs-base differs by the adapter only.
+One base model is loaded once; the base is scored on the same prompts with the adapter left out of
+every row, so adapter-vs-base differs by the adapter only. Generation runs on the shim's path
+(serving.backends + serving.batching), so evaluation measures the answers and signal it serves.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from qeforge import signals
 
 # Chat-turn terminators of the Phi-3 (<|end|>) and Phi-4 (<|im_end|>) templates.
 STOP_TOKENS = ("<|end|>", "<|im_end|>")
@@ -56,6 +55,16 @@ def prompt_messages(messages: list[dict]) -> list[dict]:
     return [m for m in messages if m["role"] != "assistant"]
 
 
+@dataclass(frozen=True)
+class _Decoding:
+    """What batching.GenerationRequest.state carries: the model and how its answers end."""
+
+    backend: object
+    tokenizer: object
+    stops: tuple[int, ...]
+    pad_id: int
+
+
 def generate(
     model,
     tokenizer,
@@ -66,45 +75,36 @@ def generate(
     use_adapter: bool = True,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> list[Generation]:
-    """Greedy answers for chat prompts (each a list of system/user messages), in order."""
-    import contextlib
-
-    import torch
+    """Greedy answers for chat prompts (each a list of system/user messages), in order: the shim's own
+    generation path (its backend and its continuous batching, up to `batch_size` rows), so the answers
+    and the routing signal are the ones the shim would produce."""
+    from qeforge.serving.backends import TorchBackend
+    from qeforge.serving.batching import Batcher, GenerationRequest
 
     limit = getattr(model.config, "max_position_embeddings", None) or 4096
     max_prompt = limit - max_new_tokens  # keep the end of long prompts: the question is last
-    stops = stop_token_ids(tokenizer)
+    adapter = next(iter(model.peft_config))  # load_adapter_model's one adapter
+    stops = tuple(stop_token_ids(tokenizer))
+    state = _Decoding(TorchBackend(model, [adapter]), tokenizer, stops,
+                      tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0])
     prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)[-max_prompt:]
                for c in conversations]
-    # Batches of similar prompt lengths: a left-padded batch computes every row at its longest
-    # prompt's length, so sorting cuts the padding (coverage prompts run 200-600 SmolLM2 tokens).
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    results: dict[int, Generation] = {}
-    started = time.perf_counter()
-    adapter_off = contextlib.nullcontext() if use_adapter else model.disable_adapter()
-    with adapter_off, torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            ids = [prompts[i] for i in rows]
-            # Left padding: every row's prompt ends at the same position, where generation starts;
-            # generate() keeps a KV cache (use_cache defaults on), so a step costs one token per row.
-            enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True, padding_side="left")
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-            new = out.sequences[:, enc["input_ids"].shape[1] :]
-            # scores[step]: that step's logits for every row; the signal is computed as the shim computes it.
-            logprobs = np.stack([signals.token_logprobs(s.float().numpy(), t) for s, t in zip(out.scores, new.T.numpy())], 1)
-            for i, row, lp, prompt_ids in zip(rows, new.tolist(), logprobs, ids):
-                n = signals.answer_length(row, stops)  # the rest of the row is padding
-                text = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-                results[i] = Generation(text, signals.mean_logprob(lp[:n]), len(prompt_ids), n)
-            if progress:
-                progress(len(results), len(conversations), time.perf_counter() - started)
-    return [results[i] for i in range(len(prompts))]
+    requests = [GenerationRequest(adapter if use_adapter else None, list(ids), max_new_tokens, (), state)
+                for ids in prompts]
+    started, done = time.perf_counter(), [0]
+
+    def answered(_):
+        done[0] += 1
+        if progress and (done[0] % batch_size == 0 or done[0] == len(requests)):
+            progress(done[0], len(requests), time.perf_counter() - started)
+
+    for r in requests:
+        r.future.add_done_callback(answered)
+    # Shortest first: rows that join a running batch are padded to its length, so similar lengths
+    # cut the padding (coverage prompts run 200-600 SmolLM2 tokens).
+    Batcher(max_batch=batch_size, thread=False).run(sorted(requests, key=lambda r: len(r.ids)))
+    out = []
+    for r, ids in zip(requests, prompts):
+        answer = r.future.result()
+        out.append(Generation(answer.text, answer.mean_logprob, len(ids), len(answer.tokens)))
+    return out

@@ -191,6 +191,7 @@ def _open_routes(engine: Engine, key: _ApiKey) -> APIRouter:
         """Status for anyone; where the models live (host paths) only for a caller with the API key."""
         snap = engine.snapshot
         status = {"status": "degraded" if engine.refused else "ok", "backend": engine.backend,
+                  "generation": engine.generation_path,
                   "adapters": {c: a.version for c, a in engine.served.items()}, "policy_version": snap.policy_version,
                   "escalation": engine.escalation is not None, "fallback": engine.fallback}
         if engine.refused:  # e.g. an ONNX model that failed its parity check against PyTorch

@@ -1,7 +1,9 @@
 """The models a snapshot's batches run on: one forward per step for every row (see batching.py).
 
 TorchBackend: the base once, every adapter resident in one PeftModel; each row of a batch picks its
-adapter (peft's `adapter_names=`), so one batch mixes categories. OnnxBackend: one merged (base +
+adapter, so one batch mixes categories. Steps run on the lean decoder (decoder.py: every adapter in
+one matmul, checked against transformers + peft's forward when loaded), or, for a model it does not
+know or one whose logits differ, on that forward itself (`path` says which, and why). OnnxBackend: one merged (base +
 adapter) graph per category, so a batch holds one category; each graph is checked against PyTorch
 when it is loaded, and a graph that fails is refused (`refused`: category -> why), not served.
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qeforge.serving.decoder import LeanDecoder, unsupported
 from qeforge.serving.source import Snapshot
 
 log = logging.getLogger(__name__)
@@ -26,7 +29,19 @@ def _context(config) -> int:
 class TorchBackend:
     mixes_adapters = True
 
-    def __init__(self, snapshot: Snapshot, base=None):
+    def __init__(self, model, adapters: list[str]):
+        """`model`: a PeftModel holding `adapters` (rows name one of them, or None for the base alone)."""
+        self.model = model.eval()
+        self.device = next(model.parameters()).device  # batches arrive as numpy on the CPU
+        self.context = _context(model.config)
+        self.refused: dict[str, str] = {}
+        self.decoder, self.path = lean_or_reason(model, adapters)
+        # A sliding-window cache keeps only the last window's positions, so padding one to stack it
+        # under another would not line up: those models wait for the running batch to end instead.
+        self.joins_running = getattr(model.config, "sliding_window", None) is None
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot, base=None) -> TorchBackend:
         """`base`: the base model already in memory (bench.gpu_phi4's random-weight Phi-4), else
         snapshot.base_model is loaded. The adapters are loaded onto the base's device."""
         from peft import PeftModel
@@ -38,35 +53,27 @@ class TorchBackend:
                 model.load_adapter(str(adapter.path), adapter_name=category)
             else:
                 model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=category)
-        self.model = model.eval()
-        self.device = next(model.parameters()).device  # batches arrive as numpy on the CPU
-        self.context = _context(model.config)
-        self.refused: dict[str, str] = {}
-        # A sliding-window cache keeps only the last window's positions, so padding one to stack it
-        # under another would not line up: those models wait for the running batch to end instead.
-        self.joins_running = getattr(model.config, "sliding_window", None) is None
+        return cls(model, list(snapshot.adapters))
 
-    def forward(self, categories: list[str], ids: np.ndarray, mask: np.ndarray, past):
-        import torch
-
-        mask_t = torch.from_numpy(mask).to(self.device)
-        # Left padding shifts real tokens right: positions count real tokens only, as generate() does.
-        positions = (mask_t.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.from_numpy(np.ascontiguousarray(ids)).to(self.device),
-                             attention_mask=mask_t, position_ids=positions, past_key_values=past, use_cache=True,
-                             logits_to_keep=1, adapter_names=categories)
-        return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
+    def forward(self, categories: list[str | None], ids: np.ndarray, mask: np.ndarray, past):
+        """Rows whose category is None run on the base alone."""
+        if self.decoder is not None:
+            return self.decoder.forward(categories, ids, mask, past)
+        return peft_forward(self.model, categories, ids, mask, past)
 
     def select(self, past, rows: list[int]):
         import torch
 
+        if self.decoder is not None:
+            return past.select(rows)
         past.batch_select_indices(torch.tensor(rows, device=self.device))
         return past
 
     def stack(self, a, b, pads: list[int]):
         import torch
 
+        if self.decoder is not None:
+            return a.stack(b, pads)
         for la, lb in zip(a.layers, b.layers):
             la.keys, la.values = (torch.cat([torch.nn.functional.pad(x, (0, 0, pads[0], 0)),
                                              torch.nn.functional.pad(y, (0, 0, pads[1], 0))])
@@ -74,14 +81,75 @@ class TorchBackend:
         return a
 
     def crop_left(self, past, n: int):
+        if self.decoder is not None:
+            return past.crop_left(n)
         for layer in past.layers:
             layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
         return past
 
 
+def peft_forward(model, adapters: list[str | None], ids: np.ndarray, mask: np.ndarray, past):
+    """The reference step: transformers' forward with peft choosing each row's adapter (None: the base)."""
+    import torch
+    from peft import PeftModel
+
+    device = next(model.parameters()).device
+    mask_t = torch.from_numpy(mask).to(device)
+    # Left padding shifts real tokens right: positions count real tokens only, as generate() does.
+    positions = (mask_t.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+    extra = {"adapter_names": [a if a is not None else "__base__" for a in adapters]} if isinstance(model, PeftModel) else {}
+    with torch.inference_mode():
+        out = model(input_ids=torch.from_numpy(np.ascontiguousarray(ids)).to(device), attention_mask=mask_t,
+                    position_ids=positions, past_key_values=past, use_cache=True, logits_to_keep=1, **extra)
+    return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
+
+
+def lean_parity(model, decoder: LeanDecoder, adapters: list[str]) -> dict:
+    """Last-position logits of the lean decoder vs peft_forward: a left-padded prefill of one row per
+    adapter and one on the base alone (prompts of different lengths), then three decode steps."""
+    rows = [*adapters, None]
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    lengths = [5 + 3 * i for i in range(len(rows))]
+    width = max(lengths)
+    ids = np.zeros((len(rows), width), np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, width - n:], mask[i, width - n:] = rng.integers(0, vocab, n), 1
+    worst, agree, total = 0.0, 0, 0
+    caches = [None, None]
+    for _ in range(4):
+        (ref, caches[0]), (got, caches[1]) = (peft_forward(model, rows, ids, mask, caches[0]),
+                                              decoder.forward(rows, ids, mask, caches[1]))
+        worst = max(worst, float(np.abs(ref - got).max()))
+        agree, total = agree + int((ref.argmax(-1) == got.argmax(-1)).sum()), total + len(rows)
+        ids = ref.argmax(-1)[:, None]
+        mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], 1)
+    # fp32 sums in another order differ by ~1e-5 of the logits' scale; bf16 (GPU) by ~1e-2.
+    atol = 1e-3 if decoder.dtype.itemsize >= 4 else 0.25
+    return {"max_abs_diff": worst, "argmax_agreement": agree / total, "atol": atol,
+            "passed": worst <= atol and agree == total}
+
+
+def lean_or_reason(model, adapters: list[str]) -> tuple[LeanDecoder | None, str]:
+    """(the lean decoder, "lean") when it runs this model and matches peft_forward; else (None, why not)."""
+    reason = unsupported(model)
+    if reason is None:
+        decoder = LeanDecoder(model, adapters)
+        parity = lean_parity(model, decoder, adapters)
+        if parity["passed"]:
+            return decoder, "lean"
+        reason = (f"its logits differ from transformers + peft: max |diff| {parity['max_abs_diff']:.3g} > atol "
+                  f"{parity['atol']}, argmax agreement {parity['argmax_agreement']:.1%}")
+        log.error("lean decoder refused: %s", reason)
+    log.warning("generating with transformers + peft's forward (slower on CPU): the lean decoder cannot run %s", reason)
+    return None, f"transformers: {reason}"
+
+
 class OnnxBackend:
     mixes_adapters = False
     joins_running = True
+    path = "onnx"
 
     def __init__(self, snapshot: Snapshot, cache_dir: Path):
         from transformers import AutoConfig

@@ -63,7 +63,7 @@ class Backend(Protocol):
 
 @dataclass(eq=False)  # compared by identity: two identical prompts are two requests
 class GenerationRequest:
-    category: str
+    category: str | None  # the adapter its rows run with; None: the base alone
     ids: list[int]
     max_new: int
     stop_texts: tuple[str, ...]
@@ -102,7 +102,9 @@ class _Running:
 
 
 class Batcher:
-    def __init__(self, *, max_batch: int = DEFAULT_MAX_BATCH, max_wait_s: float = DEFAULT_MAX_WAIT_S):
+    def __init__(self, *, max_batch: int = DEFAULT_MAX_BATCH, max_wait_s: float = DEFAULT_MAX_WAIT_S,
+                 thread: bool = True):
+        """thread=False: no generation thread; `run` generates a known set of requests (evaluation)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
@@ -110,7 +112,8 @@ class Batcher:
         self._backlog: list[GenerationRequest] = []  # taken from the queue, not yet in a batch
         self._arriving = 0
         self._lock = threading.Lock()
-        threading.Thread(target=self._loop, name="qeforge-generation", daemon=True).start()
+        if thread:
+            threading.Thread(target=self._loop, name="qeforge-generation", daemon=True).start()
 
     @contextlib.contextmanager
     def arriving(self):
@@ -136,25 +139,38 @@ class Batcher:
     def _loop(self) -> None:
         running: _Running | None = None
         while True:
-            taken: list[GenerationRequest] = []
-            try:
-                if running is None:
-                    taken = self._collect()
-                    running = self._prefill(taken)
-                else:
-                    taken = self._joining(running)
-                    joined = self._prefill(taken)
-                    if joined is not None:
-                        self._join(running, joined)
-                if running is not None and not self._step(running):
-                    running = None
-            except Exception as err:  # the thread must outlive any one batch
-                rows = (running.rows if running else []) + taken
-                log.exception("generation failed for a batch of %d", len(rows))
-                for r in rows:
-                    if not r.future.done():
-                        r.future.set_exception(err)
+            running = self._turn(running)
+
+    def run(self, requests: list[GenerationRequest]) -> None:
+        """Generate these requests on the calling thread, batched as the shim batches; each future holds
+        its answer (or its error) when this returns."""
+        self._backlog += requests
+        running: _Running | None = None
+        while self._backlog or running is not None:
+            running = self._turn(running)
+
+    def _turn(self, running: _Running | None) -> _Running | None:
+        """Admit what may join (or start a batch), then one step; the batch still running, or None."""
+        taken: list[GenerationRequest] = []
+        try:
+            if running is None:
+                taken = self._collect()
+                running = self._prefill(taken)
+            else:
+                taken = self._joining(running)
+                joined = self._prefill(taken)
+                if joined is not None:
+                    self._join(running, joined)
+            if running is not None and not self._step(running):
                 running = None
+        except Exception as err:  # the thread must outlive any one batch
+            rows = (running.rows if running else []) + taken
+            log.exception("generation failed for a batch of %d", len(rows))
+            for r in rows:
+                if not r.future.done():
+                    r.future.set_exception(err)
+            running = None
+        return running
 
     def _drain(self, timeout: float | None) -> None:
         """Move what is queued to the backlog; block up to `timeout` (None: forever, 0: not at all) for the first."""

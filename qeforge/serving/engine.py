@@ -94,7 +94,7 @@ class _Loaded:
         # No token stands for more characters than its own vocabulary string has (byte tokens like
         # <0x0A> have more), so text longer than context x this cannot fit, however it tokenizes.
         self.max_token_chars = max(map(len, self.tokenizer.get_vocab()), default=1)
-        self.backend = TorchBackend(snapshot) if backend == "torch" else OnnxBackend(snapshot, onnx_cache_dir)
+        self.backend = TorchBackend.from_snapshot(snapshot) if backend == "torch" else OnnxBackend(snapshot, onnx_cache_dir)
         self.refused = self.backend.refused  # category -> why it is not served
         self.served = {c: a for c, a in snapshot.adapters.items() if c not in self.refused}
         self.known_good: KnownGood | None = None  # read on the first knn request; a reload reads it again
@@ -167,6 +167,11 @@ class Engine:
     def served(self) -> dict:
         """The categories answered locally: the snapshot's, less any the backend refused."""
         return self._state.served
+
+    @property
+    def generation_path(self) -> str:
+        """"lean" (decoder.py), "transformers: <why not lean>", or "onnx"."""
+        return self._state.backend.path
 
     @property
     def refused(self) -> dict[str, str]:

@@ -1,0 +1,146 @@
+"""The lean decoder (serving/decoder.py) answers as transformers + peft does: greedy tokens identical on
+mixed-adapter batches for both architectures it knows, logits within tolerance; a decoder that differs
+is refused, and a model it does not know runs on transformers' forward."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tiny_models import build_base, build_llama_base, random_adapter, random_llama_adapter
+
+ADAPTERS = ["test-generation", "coverage-analysis", "flaky-detection", "code-review"]
+TEXTS = ["def add(a, b):\n    return a + b", "def f(x):\n    return x * 3", "def is_even(n):\n    return n % 2 == 0",
+         "def test_sleep():\n    time.sleep(1)\n    assert fetch()", "- return items[0]\n+ return items[1]",
+         "def mean(xs):\n    return sum(xs) / len(xs)", "Which lines are not covered?", "Is this test flaky?"]
+NEW = 12
+
+
+def peft_model(base, adapter_dirs: dict):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    for name, path in adapter_dirs.items():
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["phi3", "llama"])
+def built(request, tmp_path_factory):
+    """A tiny base of each architecture with four random adapters (one of another rank)."""
+    from transformers import AutoTokenizer
+
+    from bench.adapters import random_lora
+    from qeforge.training.lora_targets import LORA_TARGETS
+
+    root = tmp_path_factory.mktemp(request.param)
+    if request.param == "phi3":
+        base = build_base(root)
+        dirs = {c: random_adapter(base, root / c, 10 + i) for i, c in enumerate(ADAPTERS[:3])}
+    else:
+        base = build_llama_base(root)
+        dirs = {c: random_llama_adapter(base, root / c, 10 + i) for i, c in enumerate(ADAPTERS[:3])}
+    dirs[ADAPTERS[3]] = random_lora(base, root / ADAPTERS[3], 99, targets=LORA_TARGETS[request.param], r=2, scale=0.5)
+    return SimpleNamespace(base=base, dirs=dirs, tokenizer=AutoTokenizer.from_pretrained(base))
+
+
+def prompts(tokenizer, n: int) -> list[list[int]]:
+    """n chat prompts of different lengths (so batched rows are left-padded)."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": TEXTS[i % len(TEXTS)] + " #" * (i % 5)}],
+                                          add_generation_prompt=True, tokenize=True, return_dict=False)
+            for i in range(n)]
+
+
+def reference_greedy(model, adapter: str | None, ids: list[int], stops) -> list[int]:
+    """One prompt alone through transformers + peft's forward: the answer the lean path must give."""
+    from qeforge.serving.backends import peft_forward
+
+    tokens, past = [], None
+    step, mask = np.array([ids]), np.ones((1, len(ids)), np.int64)
+    while len(tokens) < NEW:
+        logits, past = peft_forward(model, [adapter], step, mask, past)
+        tokens.append(int(logits.argmax(-1)[0]))
+        if tokens[-1] in stops:
+            break
+        step, mask = np.array([[tokens[-1]]]), np.concatenate([mask, np.ones((1, 1), np.int64)], 1)
+    return tokens
+
+
+def batched(backend, tokenizer, cases: list[tuple[str | None, list[int]]], max_batch: int) -> list[list[int]]:
+    from qeforge.evaluation.generate import stop_token_ids
+    from qeforge.serving.batching import Batcher, GenerationRequest
+
+    stops = tuple(stop_token_ids(tokenizer))
+    state = SimpleNamespace(backend=backend, tokenizer=tokenizer, stops=stops, pad_id=tokenizer.pad_token_id or stops[0])
+    requests = [GenerationRequest(a, ids, NEW, (), state) for a, ids in cases]
+    Batcher(max_batch=max_batch, thread=False).run(requests)
+    return [r.future.result().tokens for r in requests]
+
+
+def test_greedy_answers_match_transformers_on_mixed_adapter_batches(built):
+    """32 prompts over the four adapters plus 8 on the base alone: batches of 6 rows, so rows join,
+    leave and are cropped mid-batch, each row's tokens equal to its answer generated alone."""
+    from qeforge.evaluation.generate import stop_token_ids
+    from qeforge.serving.backends import TorchBackend
+
+    model = peft_model(built.base, built.dirs)
+    backend = TorchBackend(model, list(built.dirs))
+    assert backend.path == "lean"
+    ids = prompts(built.tokenizer, 40)
+    cases = [(ADAPTERS[i % 4] if i < 32 else None, p) for i, p in enumerate(ids)]
+    stops = stop_token_ids(built.tokenizer)
+    expected = [reference_greedy(model, a, p, stops) for a, p in cases]
+    assert len({tuple(e) for e in expected}) > len(TEXTS)  # the adapters change the answers
+    assert batched(backend, built.tokenizer, cases, max_batch=6) == expected
+
+
+def test_parity_check_refuses_a_decoder_whose_logits_differ(built):
+    from qeforge.serving.backends import lean_parity
+    from qeforge.serving.decoder import LeanDecoder
+
+    model = peft_model(built.base, built.dirs)
+    decoder = LeanDecoder(model, list(built.dirs))
+    assert lean_parity(model, decoder, list(built.dirs))["passed"]
+    lora = next(m for layer in decoder.layers for m in layer.values() if getattr(m, "A", None) is not None)
+    lora.A += 0.5  # a stacking bug: the adapters' A matrices no longer the model's
+    report = lean_parity(model, decoder, list(built.dirs))
+    assert not report["passed"] and report["max_abs_diff"] > report["atol"]
+
+
+def test_what_the_decoder_does_not_know_runs_on_transformers(built, tmp_path):
+    """Another architecture (Qwen2): the backend says why and answers on transformers + peft, as the
+    reference does. DoRA and sliding windows are refused with their reasons."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from bench.adapters import random_lora
+    from qeforge.evaluation.generate import stop_token_ids
+    from qeforge.serving.backends import TorchBackend
+    from qeforge.serving.decoder import unsupported
+
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(built.tokenizer), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    qwen.save_pretrained(tmp_path / "qwen")
+    dirs = {c: random_lora(tmp_path / "qwen", tmp_path / c, i, targets=["q_proj", "v_proj"], r=4, scale=0.5)
+            for i, c in enumerate(ADAPTERS[:2])}
+    model = peft_model(tmp_path / "qwen", dirs)
+    backend = TorchBackend(model, list(dirs))
+    assert backend.decoder is None and "qwen2" in backend.path
+    cases = [(ADAPTERS[i % 2], p) for i, p in enumerate(prompts(built.tokenizer, 4))]
+    stops = stop_token_ids(built.tokenizer)
+    assert batched(backend, built.tokenizer, cases, max_batch=4) == [reference_greedy(model, a, p, stops) for a, p in cases]
+
+    base = AutoModelForCausalLM.from_pretrained(built.base)
+    dora = get_peft_model(base, LoraConfig(r=4, target_modules=["o_proj"], use_dora=True))
+    assert "DoRA" in unsupported(dora)
+    base.config.sliding_window = 8
+    assert "sliding-window" in unsupported(base)
