@@ -1,21 +1,21 @@
 """The CPU generation path: a lean decoder over a PeftModel's own tensors, every adapter in one matmul.
 
 Why not the model's own forward: on SmolLM2-135M with four LoRA adapters, 2 cores, a decode step of
-one row cost ~200 ms through transformers + peft (llama.cpp: ~53 ms). The time went to
-(a) SDPA's CPU flash kernel, ~4.6 ms per layer call for a single query row (65% of the step), and
-(b) peft's mixed-batch LoRA: per module and per adapter in the batch, an index, a sub-batch forward and a
-scatter, 210 modules x 4 adapters of Python per step. Here:
+one row cost ~115 ms through transformers + peft on idle cores (~200 ms served; llama.cpp: ~53 ms a
+token). The time went to (a) SDPA's CPU flash kernel, ~4.6 ms per layer call for one query row (65% of
+the step under load), (b) peft's LoRA: per module and per adapter in the batch an index, a sub-batch
+forward and a scatter, and (c) GEMVs on [out, in] weights. Here:
 - attention is two batched matmuls with the grouped KV heads broadcast (no repeat_kv copy);
-- each LoRA'd linear keeps every adapter stacked: A_all [in, R] and B_all [R, out], R = sum of the
-  ranks. One step computes y = x W^T + ((x A_all) * S[row]) B_all, where S[row] holds the row's
-  adapter's scaling on its own rank columns and zeros elsewhere, so rows with different adapters (and
-  base-only rows, all zeros) share two matmuls. The extra cost: 4 adapters x r 16 = 64 columns beside
-  W's 576..1536, i.e. 64/576 + 64/1536 of a module's FLOPs at most (~15%), and no Python per adapter;
+- the linears that read one input run as one matmul with every adapter's LoRA A beside them, the
+  weights stored [in, out] (FusedLinear says why and what it costs);
 - the KV cache is one preallocated tensor per layer, appended in place (capacity doubles), so a step
   copies nothing of the past.
-The weights are the PeftModel's own tensors (no copy; only A_all/B_all are new, ~1% of the model).
-Numerics: the same ops as transformers' eager path in the same dtype, with the LoRA sum reassociated;
-`parity` compares logits with the PeftModel's forward and the backend refuses this path when they differ.
+Measured, same cores, one row with an adapter: 49 ms a step (transformers + peft: 115); 16 rows of
+four adapters: 165 ms (~100 tokens/s; transformers + peft: 266-324).
+The weights are the model's own tensors, regrouped in place (the model's forward reads the same
+numbers); only the stacked LoRA B matrices are new (~1% of the model). Numerics: transformers' eager
+ops in the same dtype, with the LoRA sums reassociated; backends.lean_parity compares logits with the
+PeftModel's forward when a backend loads, and the backend refuses this path when they differ.
 
 Supported: model_type llama and phi3 (SmolLM2, Phi-3, Phi-4) without a sliding window, LoRA without
 DoRA or LoRA bias. `unsupported()` says why anything else runs on the PeftModel's forward instead.
@@ -46,46 +46,110 @@ def unsupported(model) -> str | None:
     return None
 
 
-class MultiLoraLinear:
-    """A linear layer with every adapter's LoRA stacked beside its base weight."""
+def onednn_pack(weight):
+    """`weight` [in, out] reordered for oneDNN's GEMM, or None off the CPU, outside fp32 or without
+    oneDNN. Why: MKL's GEMM is slow for the few rows of a batched decode step (SmolLM2-135M's linears,
+    2 AVX2 cores, 4 rows: 108 ms a step vs oneDNN's 46; 16 rows: 121 vs 63; lm_head at 16 rows 40 vs
+    13.5 ms), while for one row MKL's GEMV on [in, out] is as fast (33.7 vs 36 ms). The price: the
+    packed copy doubles the weights' memory (SmolLM2-135M: +538 MB). These are the ops torch.compile's
+    CPU freezing pass emits for Linear (torch.ops.mkldnn), so they exist wherever that pass works."""
+    import torch
 
-    def __init__(self, module, slots: dict[str, int]):
+    usable = (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+              and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), 16) if usable else None
+
+
+class FusedLinear:
+    """Linear modules that read the same input (q, k, v; gate, up; or one alone) as one matmul, with
+    every adapter's LoRA A beside their weights: x [.., in] @ W_ext [in, out + R] gives the base outputs
+    and every adapter's rank projections at once; then delta = z_A @ B, where B [R, out] holds each
+    adapter's B (scaling folded in) on its modules' output columns. One row or one adapter: that
+    adapter's span of z_A and B only; mixed rows: z_A * mask, each row keeping its adapter's span.
+    Why: per step a Llama layer is 4 GEMVs + 4 small matmuls instead of 7 + 14 (measured: a step of
+    one row with one adapter cost 17 ms more than the base alone with per-module LoRA matmuls).
+    W_ext is stored [in, out + R] (MKL's GEMV reads that layout at 14.1 vs 11.4 GB/s on these cores)
+    and the modules' own weights become views of it, so nothing is held twice and the model's own
+    forward reads the same numbers."""
+
+    def __init__(self, modules: list, slots: dict[str, int]):
         import torch
         from peft.tuners.lora import LoraLayer
 
-        self.layout: tuple = ()
-        self.A = self.B = None
-        if isinstance(module, LoraLayer):
-            base = module.get_base_layer()
-            names = [n for n in module.lora_A if n in slots]
-            if names:
-                self.A = torch.cat([module.lora_A[n].weight for n in names]).t().contiguous()  # [in, R]
-                self.B = torch.cat([module.lora_B[n].weight for n in names], 1).t().contiguous()  # [R, out]
-                # (slot, rank, scaling) per block of A_all's columns: the key of the row selector S
-                self.layout = tuple((slots[n], module.lora_A[n].weight.shape[0], float(module.scaling[n])) for n in names)
-        else:
-            base = module
-        self.weight, self.bias = base.weight, base.bias
+        bases = [m.get_base_layer() if isinstance(m, LoraLayer) else m for m in modules]
+        widths = [b.out_features for b in bases]
+        offsets = np.cumsum([0, *widths]).tolist()
+        self.out, self.slots = offsets[-1], len(slots) + 1
+        a_blocks, b_rows = [], []
+        self.spans: dict[int, tuple[int, int]] = {}  # slot -> its columns of z_A (rows of B)
+        rank = 0
+        for name, slot in slots.items():
+            start = rank
+            for j, m in enumerate(modules):
+                if isinstance(m, LoraLayer) and name in m.lora_A:
+                    lora_a, lora_b = m.lora_A[name].weight, m.lora_B[name].weight  # [r, in], [out_j, r]
+                    row = lora_b.new_zeros(lora_a.shape[0], self.out)
+                    row[:, offsets[j]:offsets[j + 1]] = lora_b.t() * m.scaling[name]
+                    a_blocks.append(lora_a)
+                    b_rows.append(row)
+                    rank += lora_a.shape[0]
+            if rank > start:
+                self.spans[slot] = (start, rank)
+        with torch.no_grad():
+            self.weight = torch.cat([b.weight.t() for b in bases] + [a.t() for a in a_blocks], dim=1).contiguous()
+            for b, lo, hi in zip(bases, offsets, offsets[1:]):
+                b.weight.data = self.weight[:, lo:hi].t()
+        biases = [b.bias for b in bases]
+        self.bias = None
+        if any(x is not None for x in biases):
+            self.bias = torch.cat([x if x is not None else self.weight.new_zeros(w) for x, w in zip(biases, widths)]
+                                  + [self.weight.new_zeros(rank)])
+        self.B = torch.cat(b_rows) if b_rows else None  # [R, out]
+        self.key = tuple(sorted(self.spans.items()))  # the mask layout mixed batches need
+        self.packed = onednn_pack(self.weight)
+        self.packed_B = onednn_pack(self.B) if self.B is not None else None
 
-    def __call__(self, x, selectors: dict):
-        import torch.nn.functional as F
-
-        y = F.linear(x, self.weight, self.bias)
-        if self.A is None:
-            return y
-        return y + ((x @ self.A) * selectors[self.layout]) @ self.B
-
-    @staticmethod
-    def selector(layout: tuple, row_slots, like):
-        """S [rows, 1, R]: each row's adapter scaling on its own rank columns, zero elsewhere."""
+    def __call__(self, x, batch):
         import torch
 
-        table = torch.zeros(max(s for s, _, _ in layout) + 1, sum(r for _, r, _ in layout), dtype=like.dtype)
-        col = 0
-        for slot, rank, scaling in layout:
-            table[slot, col:col + rank] = scaling
-            col += rank
-        return table.to(like.device)[row_slots][:, None, :]
+        if self.packed is not None and x.numel() > x.shape[-1]:  # several positions: oneDNN's GEMM
+            z = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        else:  # one position: MKL's GEMV on the [in, out] layout
+            z = x @ self.weight if self.bias is None else x @ self.weight + self.bias
+        y = z[..., :self.out]
+        if self.B is None:
+            return y
+        if batch.single is not None:  # every row on one adapter (always so for one client): its span only
+            span = self.spans.get(batch.single)
+            if span is None:
+                return y
+            start, end = span
+            return y + z[..., self.out + start:self.out + end] @ self.B[start:end]
+        z_a = z[..., self.out:] * batch.masks[self.key]
+        if self.packed_B is not None:
+            return y + torch.ops.mkldnn._linear_pointwise(z_a, self.packed_B, None, "none", [], "")
+        return y + z_a @ self.B
+
+    def mask(self, row_slots):
+        """[rows, 1, R]: 1 on each row's adapter span of z_A, 0 elsewhere (and everywhere for the base)."""
+        table = self.B.new_zeros(self.slots, self.B.shape[0])
+        for slot, (start, end) in self.spans.items():
+            table[slot, start:end] = 1
+        return table[row_slots][:, None, :]
+
+
+class _Rows:
+    """Which adapter each row of a forward runs with, in the form FusedLinear reads."""
+
+    def __init__(self, decoder: LeanDecoder, adapters: list[str | None]):
+        import torch
+
+        slots = [decoder.slots.get(a, 0) if a is not None else 0 for a in adapters]
+        self.single = slots[0] if len(set(slots)) == 1 else None  # slot 0: the base alone, no span matches
+        self.masks = {}
+        if self.single is None:
+            row_slots = torch.tensor(slots, device=decoder.device)
+            self.masks = {key: linear.mask(row_slots) for key, linear in decoder.lora_layouts.items()}
 
 
 class KVCache:
@@ -163,19 +227,22 @@ class LeanDecoder:
         self.scale = self.head_dim ** -0.5
         self.act = ACT2FN[config.hidden_act]
         self.embed, self.norm, self.rotary = body.embed_tokens, body.norm, body.rotary_emb
-        self.lm_head = MultiLoraLinear(inner.lm_head, self.slots)
+        fused = lambda *modules: FusedLinear(list(modules), self.slots)  # noqa: E731
+        self.lm_head = fused(inner.lm_head)
         self.layers = []
         for layer in body.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            linear = lambda m: MultiLoraLinear(m, self.slots)  # noqa: E731
-            projections = ({"qkv": linear(attn.qkv_proj), "gate_up": linear(mlp.gate_up_proj)} if self.phi3 else
-                           {"q": linear(attn.q_proj), "k": linear(attn.k_proj), "v": linear(attn.v_proj),
-                            "gate": linear(mlp.gate_proj), "up": linear(mlp.up_proj)})
-            self.layers.append({"in_norm": layer.input_layernorm, "post_norm": layer.post_attention_layernorm,
-                                "o": linear(attn.o_proj), "down": linear(mlp.down_proj), **projections})
-        self.layouts = {m.layout for layer in self.layers for m in layer.values()
-                        if isinstance(m, MultiLoraLinear) and m.A is not None}
-        self.layouts |= {self.lm_head.layout} if self.lm_head.A is not None else set()
+            self.layers.append({
+                "in_norm": layer.input_layernorm, "post_norm": layer.post_attention_layernorm,
+                "qkv": fused(attn.qkv_proj) if self.phi3 else fused(attn.q_proj, attn.k_proj, attn.v_proj),
+                "o": fused(attn.o_proj),
+                "gate_up": fused(mlp.gate_up_proj) if self.phi3 else fused(mlp.gate_proj, mlp.up_proj),
+                "down": fused(mlp.down_proj)})
+        # one FusedLinear per distinct mask layout: a mixed batch builds each mask once per forward
+        self.lora_layouts = {m.key: m for layer in self.layers for m in layer.values()
+                             if isinstance(m, FusedLinear) and m.B is not None}
+        if self.lm_head.B is not None:
+            self.lora_layouts.setdefault(self.lm_head.key, self.lm_head)
         self.dtype, self.device = self.embed.weight.dtype, self.embed.weight.device
 
     def forward(self, row_adapters: list[str | None], ids: np.ndarray, mask: np.ndarray, cache: KVCache | None):
@@ -194,34 +261,29 @@ class LeanDecoder:
         cache.reserve(new)
         # Left padding shifts real tokens right: positions count real tokens only (as generate() does).
         positions = (mask_t.cumsum(-1) - 1).clamp(min=0)[:, -new:]
-        row_slots = torch.tensor([self.slots.get(a, 0) if a is not None else 0 for a in row_adapters], device=self.device)
         h = self.embed(torch.from_numpy(np.ascontiguousarray(ids)).to(self.device))
-        selectors = {layout: MultiLoraLinear.selector(layout, row_slots, h) for layout in self.layouts}
+        batch = _Rows(self, row_adapters)
         cos, sin = self.rotary(h, positions)
         bias = self._bias(mask_t, new, h.dtype)
         for i, layer in enumerate(self.layers):
             x = layer["in_norm"](h)
-            q, k, v = self._qkv(layer, x, selectors, rows, new)
+            q, k, v = self._qkv(layer, x, batch, rows, new)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             k, v = cache.append(i, k, v)
-            h = h + layer["o"](self._attend(q, k, v, bias).transpose(1, 2).reshape(rows, new, -1), selectors)
+            h = h + layer["o"](self._attend(q, k, v, bias).transpose(1, 2).reshape(rows, new, -1), batch)
             x = layer["post_norm"](h)
-            if self.phi3:
-                gate, up = layer["gate_up"](x, selectors).chunk(2, dim=-1)
-            else:
-                gate, up = layer["gate"](x, selectors), layer["up"](x, selectors)
-            h = h + layer["down"](self.act(gate) * up, selectors)
+            gate, up = layer["gate_up"](x, batch).chunk(2, dim=-1)  # Phi-3's fused layout, and Llama's fused here
+            h = h + layer["down"](self.act(gate) * up, batch)
         cache.length += new
-        logits = self.lm_head(self.norm(h[:, -1:]), selectors)
+        logits = self.lm_head(self.norm(h[:, -1:]), batch)
         return logits[:, -1].float().cpu().numpy(), cache
 
-    def _qkv(self, layer, x, selectors, rows, new):
-        shape = lambda t: t.view(rows, new, -1, self.head_dim).transpose(1, 2)  # noqa: E731 - [rows, heads, new, dim]
-        if self.phi3:
-            qkv = layer["qkv"](x, selectors)
-            q_end, k_end = self.heads * self.head_dim, (self.heads + self.kv_heads) * self.head_dim
-            return shape(qkv[..., :q_end]), shape(qkv[..., q_end:k_end]), shape(qkv[..., k_end:])
-        return shape(layer["q"](x, selectors)), shape(layer["k"](x, selectors)), shape(layer["v"](x, selectors))
+    def _qkv(self, layer, x, batch, rows, new):
+        """q [rows, heads, new, dim], k and v [rows, kv_heads, new, dim] from the fused projection."""
+        qkv = layer["qkv"](x, batch)
+        shape = lambda t: t.reshape(rows, new, -1, self.head_dim).transpose(1, 2)  # noqa: E731
+        q_end, k_end = self.heads * self.head_dim, (self.heads + self.kv_heads) * self.head_dim
+        return shape(qkv[..., :q_end]), shape(qkv[..., q_end:k_end]), shape(qkv[..., k_end:])
 
     @staticmethod
     def _rope(x, cos, sin):

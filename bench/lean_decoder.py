@@ -1,0 +1,144 @@
+"""The lean decoder on SmolLM2-135M-Instruct: greedy agreement with transformers, and evaluation's speed.
+
+In one run, on 2 cores, four random r=16 LoRA adapters on the seven llama modules (bench/adapters.py):
+  1. agreement: --prompts chat prompts (bench/serving.py's snippets under each category's system
+     prompt, round-robin over the four adapters), --tokens new tokens, greedy. The reference is
+     transformers' generate() on the PeftModel, one prompt at a time with its adapter set; the lean
+     path is the shim's Batcher over the lean decoder, all prompts mixed in batches of --batch. Each
+     answer that differs is shown with where it first differs and the reference's top-2 logit margin
+     there (a near-tie that float reassociation can flip, or a real difference).
+  2. evaluation's generation stage: the same prompts through evaluation.generate with one adapter
+     (the lean path, continuous batching at --batch) beside what it ran before this change:
+     transformers' generate() on left-padded static batches of --batch with the adapter active.
+
+    python -m bench.lean_decoder [--prompts 32] [--tokens 32] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def conversations(n: int) -> list[tuple[str, list[dict]]]:
+    from bench.serving import SNIPPETS
+    from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS
+
+    return [(c := CATEGORIES[i % len(CATEGORIES)],
+             [{"role": "system", "content": SYSTEM_PROMPTS[c]},
+              {"role": "user", "content": SNIPPETS[i % len(SNIPPETS)] + ("\n" + "# why?" * (i // len(SNIPPETS)))}])
+            for i in range(n)]
+
+
+def reference(model, tokenizer, category: str, ids: list[int], tokens: int, stops: list[int]):
+    """(new tokens, first-step-onward scores) from transformers' generate() with this adapter set."""
+    import torch
+
+    model.set_adapter(category)
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False, eos_token_id=stops,
+                             pad_token_id=tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True)
+    return out.sequences[0, len(ids):].tolist(), [s[0] for s in out.scores]
+
+
+def old_evaluation_generate(model, tokenizer, convos: list[list[dict]], tokens: int, batch: int, stops: list[int]) -> int:
+    """Evaluation's generation before the lean decoder: generate() on left-padded static batches; tokens made."""
+    import torch
+
+    from qeforge.signals import answer_length
+
+    prompts = sorted((tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)
+                      for c in convos), key=len)
+    made = 0
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch):
+            enc = tokenizer.pad({"input_ids": prompts[start:start + batch]}, return_tensors="pt", padding_side="left")
+            out = model.generate(**enc, max_new_tokens=tokens, do_sample=False, eos_token_id=stops,
+                                 pad_token_id=tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True)
+            made += sum(answer_length(row, stops) for row in out.sequences[:, enc["input_ids"].shape[1]:].tolist())
+    return made
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.serving import random_adapters
+    from bench.smol_training import smol_base
+    from qeforge.evaluation.generate import _Decoding, generate, stop_token_ids
+    from qeforge.serving.backends import TorchBackend
+    from qeforge.serving.batching import Batcher, GenerationRequest
+    from qeforge.training.lora_targets import LORA_TARGETS
+
+    base = str(smol_base())
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    stops = stop_token_ids(tokenizer)
+    convos = conversations(args.prompts)
+    report = {"prompts": args.prompts, "tokens": args.tokens, "batch": args.batch, "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        adapters = random_adapters(base, Path(tmp), LORA_TARGETS["llama"], 0.01)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        for c, path in adapters.items():
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(path), adapter_name=c)
+            else:
+                model = PeftModel.from_pretrained(model, str(path), adapter_name=c)
+        model.eval()
+        ids = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False) for _, m in convos]
+
+        started = time.perf_counter()
+        expected = [reference(model, tokenizer, c, p, args.tokens, stops) for (c, _), p in zip(convos, ids)]
+        reference_s = time.perf_counter() - started
+
+        backend = TorchBackend(model, list(adapters))  # regroups the model's weights in place (values unchanged)
+        state = _Decoding(backend, tokenizer, tuple(stops), tokenizer.pad_token_id)
+        requests = [GenerationRequest(c, p, args.tokens, (), state) for (c, _), p in zip(convos, ids)]
+        started = time.perf_counter()
+        Batcher(max_batch=args.batch, thread=False).run(requests)
+        lean_s = time.perf_counter() - started
+        differing = []
+        for (c, _), r, (want, scores) in zip(convos, requests, expected):
+            got = r.future.result().tokens
+            if got != want:
+                at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                top2 = scores[at].topk(2).values.tolist() if at < len(scores) else [0.0, 0.0]
+                differing.append({"adapter": c, "first_difference_at": at, "reference_top2_margin": top2[0] - top2[1]})
+        report["agreement"] = {"identical": args.prompts - len(differing), "of": args.prompts, "differing": differing,
+                               "path": backend.path, "reference_one_at_a_time_s": round(reference_s, 1),
+                               "lean_mixed_batches_s": round(lean_s, 1)}
+        print(json.dumps(report["agreement"]), flush=True)
+
+        one = next(iter(adapters))
+        single = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                           str(adapters[one])).eval()
+        messages = [m for _, m in convos]
+        started = time.perf_counter()
+        old_tokens = old_evaluation_generate(single, tokenizer, messages, args.tokens, args.batch, stops)
+        old_s = time.perf_counter() - started
+        started = time.perf_counter()
+        new_tokens = sum(g.output_tokens for g in generate(single, tokenizer, messages, max_new_tokens=args.tokens,
+                                                           batch_size=args.batch))
+        new_s = time.perf_counter() - started
+        report["evaluation_generation"] = {
+            "before_transformers_generate": {"s": round(old_s, 1), "tokens": old_tokens, "tokens_per_s": round(old_tokens / old_s, 1)},
+            "after_lean": {"s": round(new_s, 1), "tokens": new_tokens, "tokens_per_s": round(new_tokens / new_s, 1)},
+            "speedup_x": round((new_tokens / new_s) / (old_tokens / old_s), 2)}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
