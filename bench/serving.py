@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.adapters import random_lora
-from qeforge.categories import CATEGORIES
+from qeforge.categories import CATEGORIES, SYSTEM_PROMPTS
 
 SNIPPETS = [
     "def add(a, b):\n    return a + b",
@@ -145,8 +145,10 @@ def load(url: str, plan: list[tuple[str, str]], concurrency: int, max_tokens: in
         def one(item):
             c, s = item
             start = time.perf_counter()
+            # The category's system prompt sent explicitly: the shim would add it, llama.cpp would not.
+            messages = [{"role": "system", "content": SYSTEM_PROMPTS[c]}, {"role": "user", "content": s}]
             r = http.post("/v1/chat/completions", json=body_for(c, {
-                "model": f"qeforge-{c}", "max_tokens": max_tokens, "messages": [{"role": "user", "content": s}]}))
+                "model": f"qeforge-{c}", "max_tokens": max_tokens, "messages": messages}))
             r.raise_for_status()
             return (time.perf_counter() - start) * 1000, r.json()
 
