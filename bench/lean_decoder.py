@@ -8,10 +8,11 @@ In one run, on 2 cores, four random r=16 LoRA adapters on the seven llama module
      answer that differs is shown with where it first differs and the reference's top-2 logit margin
      there (a near-tie that float reassociation can flip, or a real difference).
   2. evaluation's generation stage: the same prompts through evaluation.generate with one adapter
-     (the lean path, continuous batching at --batch) beside what it ran before this change:
-     transformers' generate() on left-padded static batches of --batch with the adapter active.
+     (the lean path, continuous batching at --batch, evaluation's default) beside what it ran before
+     this change: transformers' generate() on left-padded static batches of --before-batch (the old
+     default) with the adapter active.
 
-    python -m bench.lean_decoder [--prompts 32] [--tokens 32] [--batch 8]
+    python -m bench.lean_decoder [--prompts 32] [--tokens 32] [--batch 16] [--before-batch 8]
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16, help="rows at a time: the lean path, and evaluation's setting")
+    parser.add_argument("--before-batch", type=int, default=8, help="static batch of the old evaluation path")
     args = parser.parse_args()
 
     import torch
@@ -127,15 +129,15 @@ def main() -> None:
                                            str(adapters[one])).eval()
         messages = [m for _, m in convos]
         started = time.perf_counter()
-        old_tokens = old_evaluation_generate(single, tokenizer, messages, args.tokens, args.batch, stops)
+        old_tokens = old_evaluation_generate(single, tokenizer, messages, args.tokens, args.before_batch, stops)
         old_s = time.perf_counter() - started
         started = time.perf_counter()
         new_tokens = sum(g.output_tokens for g in generate(single, tokenizer, messages, max_new_tokens=args.tokens,
                                                            batch_size=args.batch))
         new_s = time.perf_counter() - started
         report["evaluation_generation"] = {
-            "before_transformers_generate": {"s": round(old_s, 1), "tokens": old_tokens, "tokens_per_s": round(old_tokens / old_s, 1)},
-            "after_lean": {"s": round(new_s, 1), "tokens": new_tokens, "tokens_per_s": round(new_tokens / new_s, 1)},
+            "before_transformers_generate": {"batch": args.before_batch, "s": round(old_s, 1), "tokens": old_tokens, "tokens_per_s": round(old_tokens / old_s, 1)},
+            "after_lean": {"batch": args.batch, "s": round(new_s, 1), "tokens": new_tokens, "tokens_per_s": round(new_tokens / new_s, 1)},
             "speedup_x": round((new_tokens / new_s) / (old_tokens / old_s), 2)}
     print(json.dumps(report, indent=1))
 

@@ -2,8 +2,8 @@
 
 In one run, on the same prompts (chat prompts of the curated test split, or built-in ones):
   1. PyTorch, one prompt at a time, base + adapter merged, greedy with a KV cache: the baseline;
-  2. PyTorch batched (qeforge.evaluation.generate: left padding, KV cache, adapter not merged,
-     the evaluation's own path) at batch 1 and at --batch;
+  2. the evaluation's own path (qeforge.evaluation.generate: the gateway's lean decoder and batcher,
+     adapter not merged) at batch 1 and at --batch;
   3. ONNX Runtime: the merged model exported with its KV cache (export_merged), parity-checked
      against PyTorch logits, greedy one prompt at a time (OnnxCausalLM.generate).
 Every sequential run generates exactly --tokens tokens (no stop token), so tokens/s compare;
@@ -125,7 +125,7 @@ def main() -> None:
     print(f"\n{'path':48} {'tokens/s':>9} {'vs baseline':>11}")
     print(f"{'PyTorch merged, 1 prompt at a time (baseline)':48} {torch_seq:9.1f} {1.0:10.2f}x")
     for batch, (tps, n) in batched.items():
-        label = f"PyTorch + adapter, generate() batch {batch} ({n} tokens)"
+        label = f"evaluation generate() batch {batch} ({n} tokens)"
         print(f"{label:48} {tps:9.1f} {tps / torch_seq:10.2f}x")
     print(f"{'ONNX Runtime merged, 1 prompt at a time':48} {onnx_seq:9.1f} {onnx_seq / torch_seq:10.2f}x")
 

@@ -71,7 +71,7 @@ def generate(
     conversations: list[list[dict]],
     *,
     max_new_tokens: int = 128,
-    batch_size: int = 8,
+    batch_size: int = 16,
     use_adapter: bool = True,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> list[Generation]:

@@ -74,7 +74,7 @@ def evaluate_category(
     adapter_dir: Path,
     db,
     *,
-    batch_size: int = 8,
+    batch_size: int = 16,
     workers: int | None = None,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
