@@ -82,7 +82,7 @@ def main() -> None:
     from bench.serving import random_adapters
     from bench.smol_training import smol_base
     from qeforge.evaluation.generate import _Decoding, generate, stop_token_ids
-    from qeforge.serving.backends import TorchBackend
+    from qeforge.serving.backends import TorchBackend, with_adapters
     from qeforge.serving.batching import Batcher, GenerationRequest
     from qeforge.training.lora_targets import LORA_TARGETS
 
@@ -93,13 +93,7 @@ def main() -> None:
     report = {"prompts": args.prompts, "tokens": args.tokens, "batch": args.batch, "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         adapters = random_adapters(base, Path(tmp), LORA_TARGETS["llama"], 0.01)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        for c, path in adapters.items():
-            if isinstance(model, PeftModel):
-                model.load_adapter(str(path), adapter_name=c)
-            else:
-                model = PeftModel.from_pretrained(model, str(path), adapter_name=c)
-        model.eval()
+        model = with_adapters(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapters)
         ids = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False) for _, m in convos]
 
         started = time.perf_counter()

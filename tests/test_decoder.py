@@ -20,16 +20,11 @@ NEW = 12
 
 def peft_model(base, adapter_dirs: dict):
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    for name, path in adapter_dirs.items():
-        if isinstance(model, PeftModel):
-            model.load_adapter(str(path), adapter_name=name)
-        else:
-            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
-    return model.eval()
+    from qeforge.serving.backends import with_adapters
+
+    return with_adapters(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter_dirs)
 
 
 @pytest.fixture(scope="module", params=["phi3", "llama"])

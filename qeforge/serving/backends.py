@@ -44,16 +44,10 @@ class TorchBackend:
     def from_snapshot(cls, snapshot: Snapshot, base=None) -> TorchBackend:
         """`base`: the base model already in memory (bench.gpu_phi4's random-weight Phi-4), else
         snapshot.base_model is loaded. The adapters are loaded onto the base's device."""
-        from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
         model = base if base is not None else AutoModelForCausalLM.from_pretrained(snapshot.base_model, dtype="auto")
-        for category, adapter in snapshot.adapters.items():
-            if isinstance(model, PeftModel):
-                model.load_adapter(str(adapter.path), adapter_name=category)
-            else:
-                model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=category)
-        return cls(model, list(snapshot.adapters))
+        return cls(with_adapters(model, {c: a.path for c, a in snapshot.adapters.items()}), list(snapshot.adapters))
 
     def forward(self, categories: list[str | None], ids: np.ndarray, mask: np.ndarray, past):
         """Rows whose category is None run on the base alone."""
@@ -86,6 +80,18 @@ class TorchBackend:
         for layer in past.layers:
             layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
         return past
+
+
+def with_adapters(model, adapters: dict):
+    """A PeftModel holding every adapter ({name: PEFT dir}) on `model`, each under its name."""
+    from peft import PeftModel
+
+    for name, path in adapters.items():
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+    return model.eval()
 
 
 def peft_forward(model, adapters: list[str | None], ids: np.ndarray, mask: np.ndarray, past):
