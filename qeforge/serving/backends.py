@@ -145,10 +145,10 @@ def lean_or_reason(model, adapters: list[str]) -> tuple[LeanDecoder | None, str]
         parity = lean_parity(model, decoder, adapters)
         if parity["passed"]:
             return decoder, "lean"
-        reason = (f"its logits differ from transformers + peft: max |diff| {parity['max_abs_diff']:.3g} > atol "
+        reason = (f"its logits differ from transformers + peft's: max |diff| {parity['max_abs_diff']:.3g} > atol "
                   f"{parity['atol']}, argmax agreement {parity['argmax_agreement']:.1%}")
         log.error("lean decoder refused: %s", reason)
-    log.warning("generating with transformers + peft's forward (slower on CPU): the lean decoder cannot run %s", reason)
+    log.warning("generating with transformers + peft's forward (slower on CPU); the lean decoder: %s", reason)
     return None, f"transformers: {reason}"
 
 

@@ -34,15 +34,15 @@ def unsupported(model) -> str | None:
 
     config = model.config
     if config.model_type not in ARCHITECTURES:
-        return f"architecture {config.model_type!r} (the lean decoder knows {', '.join(ARCHITECTURES)})"
+        return f"does not run architecture {config.model_type!r} (it knows {', '.join(ARCHITECTURES)})"
     if getattr(config, "sliding_window", None) is not None:
-        return "a sliding-window attention model"
+        return "does not run sliding-window attention (its cache does not window)"
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
             if any(module.use_dora.values()):
-                return f"{name}: DoRA"
+                return f"does not run DoRA ({name})"
             if any(getattr(module, "lora_bias", {}).values()):
-                return f"{name}: LoRA with bias"
+                return f"does not run LoRA with a bias ({name})"
     return None
 
 
@@ -144,7 +144,10 @@ class _Rows:
     def __init__(self, decoder: LeanDecoder, adapters: list[str | None]):
         import torch
 
-        slots = [decoder.slots.get(a, 0) if a is not None else 0 for a in adapters]
+        unknown = {a for a in adapters if a is not None and a not in decoder.slots}
+        if unknown:  # as peft does: a row never silently falls back to the base
+            raise ValueError(f"no adapter named {sorted(unknown)} (loaded: {sorted(decoder.slots)})")
+        slots = [decoder.slots[a] if a is not None else 0 for a in adapters]
         self.single = slots[0] if len(set(slots)) == 1 else None  # slot 0: the base alone, no span matches
         self.masks = {}
         if self.single is None:
@@ -217,7 +220,7 @@ class LeanDecoder:
 
         reason = unsupported(model)
         if reason:
-            raise ValueError(f"the lean decoder cannot run {reason}")
+            raise ValueError(f"the lean decoder {reason}")
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         config, body = inner.config, inner.model
         self.slots = {name: i + 1 for i, name in enumerate(adapters)}
