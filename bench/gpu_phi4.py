@@ -351,7 +351,7 @@ def generate(shape: dict, base: Path, work: Path) -> dict:
         # Model FLOPs of generation: forward only, 2N per position (prompt + generated), N = matmul params;
         # attention over <= 640 positions (4 x 40 x 5120 x 640 = 0.5 GFLOP vs 28.3) is left out.
         run["mfu"] = mfu(2 * n_matmul * run["rows"] * (g["prompt"] + g["new"]), run["wall_s"])
-    return {"adapters": len(CATEGORIES), "adapters_resident_gib": resident / 2**30,
+    return {"adapters": len(CATEGORIES), "adapters_resident_gib": resident / 2**30, "generation_path": backend.path,
             "prompt_tokens": g["prompt"], "new_tokens": g["new"], "concurrency": runs}
 
 
