@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from qeforge import signals
+from qeforge.serving.threads import claim_intra_op_threads
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ class _Running:
 
 class Batcher:
     def __init__(self, *, max_batch: int = DEFAULT_MAX_BATCH, max_wait_s: float = DEFAULT_MAX_WAIT_S,
-                 thread: bool = True):
-        """thread=False: no generation thread; `run` generates a known set of requests (evaluation)."""
+                 thread: bool = True, intra_op_threads: int | None = None):
+        """thread=False: no generation thread; `run` generates a known set of requests (evaluation).
+        intra_op_threads: the torch intra-op threads the generation thread claims (threads.py says why)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
@@ -112,6 +114,7 @@ class Batcher:
         self._backlog: list[GenerationRequest] = []  # taken from the queue, not yet in a batch
         self._arriving = 0
         self._lock = threading.Lock()
+        self.intra_op_threads = intra_op_threads
         if thread:
             threading.Thread(target=self._loop, name="qeforge-generation", daemon=True).start()
 
@@ -137,6 +140,8 @@ class Batcher:
 
     # -- the generation thread -------------------------------------------------------------------
     def _loop(self) -> None:
+        if self.intra_op_threads is not None:
+            claim_intra_op_threads(self.intra_op_threads)
         running: _Running | None = None
         while True:
             running = self._turn(running)

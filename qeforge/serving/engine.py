@@ -46,6 +46,7 @@ from qeforge.serving.chat import ChatCall, Choice, Completion, text_block
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL, Escalation
 from qeforge.serving.formats import parses, required_format
 from qeforge.serving.source import AdapterSource, Snapshot
+from qeforge.serving.threads import intra_op_threads, one_intra_op_thread
 from qeforge.signals import SIGNALS, KnownGood, knn_similarity, user_text
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,10 @@ class Engine:
         self.default_max_tokens = default_max_tokens
         self._db, self._embed, self._classifier = db, embed, None
         self._reload_lock, self._lazy_lock = threading.Lock(), threading.Lock()
-        self.batcher = Batcher(max_batch=max_batch, max_wait_s=max_wait_s)
-        self._state = _Loaded(source.load(), backend, self.onnx_cache_dir)
+        # The generation thread keeps the process's intra-op threads; loading runs on one (threads.py).
+        self.batcher = Batcher(max_batch=max_batch, max_wait_s=max_wait_s, intra_op_threads=intra_op_threads())
+        with one_intra_op_thread():
+            self._state = _Loaded(source.load(), backend, self.onnx_cache_dir)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -183,7 +186,7 @@ class Engine:
 
     def reload(self) -> Snapshot:
         """Load the source's current snapshot fully, then swap; in-flight requests finish on the old one."""
-        with self._reload_lock:
+        with self._reload_lock, one_intra_op_thread():
             state = _Loaded(self.source.load(), self.backend, self.onnx_cache_dir)
             self._state = state
         return state.snapshot
@@ -199,7 +202,8 @@ class Engine:
                 if self._embed is None:
                     from qeforge.serving.embedder import OnnxEncoder, export_encoder
 
-                    self._embed = OnnxEncoder(export_encoder(self.onnx_cache_dir / "minilm"))
+                    with one_intra_op_thread():
+                        self._embed = OnnxEncoder(export_encoder(self.onnx_cache_dir / "minilm"))
         return self._embed(texts)
 
     def embed_counted(self, texts: list[str]):
