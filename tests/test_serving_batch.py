@@ -57,6 +57,28 @@ def test_one_batch_of_mixed_adapters_answers_like_one_at_a_time(artefacts, seria
         assert g.mean_logprob == pytest.approx(e.confidence, abs=1e-4)
 
 
+def test_only_the_generation_thread_drives_openmp_workers(serial, monkeypatch):
+    """threads.py: the generation thread claims its intra-op threads (else it would take the count last
+    set anywhere, here the caller's), and loading a snapshot runs on one, the caller's count restored."""
+    import torch
+
+    from qeforge.serving.batching import Batcher, GenerationRequest
+
+    caller = torch.get_num_threads()
+    assert caller > 1  # otherwise one thread everywhere and nothing here could fail
+    load, during_load = serial.source.load, []
+    monkeypatch.setattr(serial.source, "load", lambda: (during_load.append(torch.get_num_threads()), load())[1])
+    serial.reload()
+    assert during_load == [1] and torch.get_num_threads() == caller
+
+    state = serial._state
+    forward, during_steps = state.backend.forward, []
+    monkeypatch.setattr(state.backend, "forward", lambda *a: (during_steps.append(torch.get_num_threads()), forward(*a))[1])
+    ids = state.prompt_ids(conversation(SERVED[0], PROMPTS[0]))
+    Batcher(intra_op_threads=1).submit(GenerationRequest(SERVED[0], ids, 3, (), state)).result(60)
+    assert during_steps and set(during_steps) == {1} and torch.get_num_threads() == caller
+
+
 def test_requests_that_join_a_running_batch_answer_like_one_at_a_time(artefacts, serial):
     """Rows join after 1 and 3 steps (their caches left-padded and stacked under the running ones),
     and rows leave at different steps (the cache columns no row uses are cut). Driven step by step

@@ -1,17 +1,17 @@
 """The CPU generation path: a lean decoder over a PeftModel's own tensors, every adapter in one matmul.
 
-Why not the model's own forward: on SmolLM2-135M with four LoRA adapters, 2 cores, a decode step of
-one row cost ~115 ms through transformers + peft on idle cores (~200 ms served; llama.cpp: ~53 ms a
-token). The time went to (a) SDPA's CPU flash kernel, ~4.6 ms per layer call for one query row (65% of
-the step under load), (b) peft's LoRA: per module and per adapter in the batch an index, a sub-batch
-forward and a scatter, and (c) GEMVs on [out, in] weights. Here:
+Why not the model's own forward: on SmolLM2-135M with four LoRA adapters, 2 cores, the time of a
+transformers + peft step went to (a) SDPA's CPU flash kernel, ~4.6 ms per layer call for one query row,
+(b) peft's LoRA: per module and per adapter in the batch an index, a sub-batch forward and a scatter,
+and (c) MKL's GEMVs on [out, in] weights. Here:
 - attention is two batched matmuls with the grouped KV heads broadcast (no repeat_kv copy);
-- the linears that read one input run as one matmul with every adapter's LoRA A beside them, the
-  weights stored [in, out] (FusedLinear says why and what it costs);
+- the linears that read one input run as one matmul with every adapter's LoRA A beside them, through
+  oneDNN's packed weights (FusedLinear and onednn_pack say why and what it costs);
 - the KV cache is one preallocated tensor per layer, appended in place (capacity doubles), so a step
   copies nothing of the past.
-Measured, same cores, one row with an adapter: 49 ms a step (transformers + peft: 115); 16 rows of
-four adapters: 165 ms (~100 tokens/s; transformers + peft: 266-324).
+Measured on 2 idle cores, in-process on one thread: one row with an adapter 20.0 ms a step (transformers
++ peft's forward: 54.9); 16 rows of four adapters 35.2 ms, ~450 tokens/s (transformers + peft: 137.9).
+In the shim the generation thread must be the only one driving OpenMP workers (threads.py).
 The weights are the model's own tensors, regrouped in place (the model's forward reads the same
 numbers); only the stacked LoRA B matrices are new (~1% of the model). Numerics: transformers' eager
 ops in the same dtype, with the LoRA sums reassociated; backends.lean_parity compares logits with the
@@ -69,9 +69,9 @@ class FusedLinear:
     adapter's span of z_A and B only; mixed rows: z_A * mask, each row keeping its adapter's span.
     Why: per step a Llama layer is 4 GEMVs + 4 small matmuls instead of 7 + 14 (measured: a step of
     one row with one adapter cost 17 ms more than the base alone with per-module LoRA matmuls).
-    W_ext is stored [in, out + R] (MKL's GEMV reads that layout at 14.1 vs 11.4 GB/s on these cores)
-    and the modules' own weights become views of it, so nothing is held twice and the model's own
-    forward reads the same numbers."""
+    W_ext is stored [in, out + R] and the modules' own weights become views of it, so nothing is held
+    twice and the model's own forward reads the same numbers; on the CPU in fp32 the step multiplies by
+    oneDNN's packed copy of it (onednn_pack)."""
 
     def __init__(self, modules: list, slots: dict[str, int]):
         import torch
