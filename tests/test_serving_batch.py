@@ -65,7 +65,8 @@ def test_only_the_generation_thread_drives_openmp_workers(serial, monkeypatch):
     from qeforge.serving.batching import Batcher, GenerationRequest
 
     caller = torch.get_num_threads()
-    assert caller > 1  # otherwise one thread everywhere and nothing here could fail
+    if caller == 1:
+        pytest.skip("one core: one intra-op thread everywhere, nothing to tell apart")
     load, during_load = serial.source.load, []
     monkeypatch.setattr(serial.source, "load", lambda: (during_load.append(torch.get_num_threads()), load())[1])
     serial.reload()
