@@ -7,6 +7,8 @@ In one run, on 2 cores, four random r=16 LoRA adapters on the seven llama module
      path is the shim's Batcher over the lean decoder, all prompts mixed in batches of --batch. Each
      answer that differs is shown with where it first differs and the reference's top-2 logit margin
      there (a near-tie that float reassociation can flip, or a real difference).
+  1b. the same for the lean path on weight-only int8 weights (backend "torch-int8"), and how far its
+     routing signal (an answer's mean token logprob) moves from the fp32 lean path's on the same answers.
   2. evaluation's generation stage: the same prompts through evaluation.generate with one adapter
      (the lean path, continuous batching at --batch, evaluation's default) beside what it ran before
      this change: transformers' generate() on left-padded static batches of --before-batch (the old
@@ -23,6 +25,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -67,6 +71,19 @@ def old_evaluation_generate(model, tokenizer, convos: list[list[dict]], tokens: 
     return made
 
 
+def agreement(convos, requests, expected) -> dict:
+    """How many answers equal the reference's; for each that does not, where it first differs and the
+    reference's top-2 logit margin there (a near-tie that reassociation or quantization can flip)."""
+    differing = []
+    for (c, _), r, (want, scores) in zip(convos, requests, expected):
+        got = r.future.result().tokens
+        if got != want:
+            at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            top2 = scores[at].topk(2).values.tolist() if at < len(scores) else [0.0, 0.0]
+            differing.append({"adapter": c, "first_difference_at": at, "reference_top2_margin": round(top2[0] - top2[1], 4)})
+    return {"identical": len(requests) - len(differing), "of": len(requests), "differing": differing}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=32)
@@ -106,17 +123,22 @@ def main() -> None:
         started = time.perf_counter()
         Batcher(max_batch=args.batch, thread=False).run(requests)
         lean_s = time.perf_counter() - started
-        differing = []
-        for (c, _), r, (want, scores) in zip(convos, requests, expected):
-            got = r.future.result().tokens
-            if got != want:
-                at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-                top2 = scores[at].topk(2).values.tolist() if at < len(scores) else [0.0, 0.0]
-                differing.append({"adapter": c, "first_difference_at": at, "reference_top2_margin": top2[0] - top2[1]})
-        report["agreement"] = {"identical": args.prompts - len(differing), "of": args.prompts, "differing": differing,
-                               "path": backend.path, "reference_one_at_a_time_s": round(reference_s, 1),
-                               "lean_mixed_batches_s": round(lean_s, 1)}
+        report["agreement"] = {**agreement(convos, requests, expected), "path": backend.path,
+                               "reference_one_at_a_time_s": round(reference_s, 1), "lean_mixed_batches_s": round(lean_s, 1)}
         print(json.dumps(report["agreement"]), flush=True)
+
+        backend.decoder.quantize_int8()
+        quantized = [GenerationRequest(c, p, args.tokens, (), state) for (c, _), p in zip(convos, ids)]
+        started = time.perf_counter()
+        Batcher(max_batch=args.batch, thread=False).run(quantized)
+        int8_s = time.perf_counter() - started
+        same = [(a.future.result(), b.future.result()) for a, b in zip(requests, quantized)]
+        same = [abs(a.mean_logprob - b.mean_logprob) for a, b in same if a.tokens == b.tokens]
+        report["int8_agreement"] = {**agreement(convos, quantized, expected), "lean_mixed_batches_s": round(int8_s, 1),
+                                    "signal_shift_on_identical_answers": {
+                                        "n": len(same), "mean_abs": round(float(np.mean(same)), 4) if same else None,
+                                        "max_abs": round(float(np.max(same)), 4) if same else None}}
+        print(json.dumps(report["int8_agreement"]), flush=True)
 
         one = next(iter(adapters))
         single = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),

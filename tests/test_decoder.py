@@ -134,6 +134,8 @@ def test_what_the_decoder_does_not_know_runs_on_transformers(built, tmp_path):
     model = peft_model(tmp_path / "qwen", dirs)
     backend = TorchBackend(model, list(dirs))
     assert backend.decoder is None and "qwen2" in backend.path
+    with pytest.raises(ValueError, match="int8 weights run on the lean decoder.*qwen2"):
+        TorchBackend(model, list(dirs), weights="int8")  # asked-for int8 never silently runs in fp32
     cases = [(ADAPTERS[i % 2], p) for i, p in enumerate(prompts(built.tokenizer, 4))]
     stops = stop_token_ids(built.tokenizer)
     assert batched(backend, built.tokenizer, cases, max_batch=4) == [reference_greedy(model, a, p, stops) for a, p in cases]
@@ -143,3 +145,43 @@ def test_what_the_decoder_does_not_know_runs_on_transformers(built, tmp_path):
     assert "DoRA" in unsupported(dora)
     base.config.sliding_window = 8
     assert "sliding-window" in unsupported(base)
+
+
+def test_int8_weights_quarter_the_bytes_stay_close_and_batch_consistently(built):
+    """Weight-only int8 (backend "torch-int8"): each linear's int8 copy is a quarter of its fp32 bytes;
+    logits stay near the model's own (the quantization error, bounded here, measured on SmolLM2 in
+    bench/lean_decoder.py); and a row's answer is the same in a mixed-adapter batch as alone."""
+    import torch
+
+    from qeforge.serving.backends import TorchBackend, peft_forward
+
+    model = peft_model(built.base, built.dirs)
+    backend = TorchBackend(model, list(built.dirs), weights="int8")
+    assert backend.path == "lean-int8" and backend.decoder.weights == "int8"
+    for linear in backend.decoder.fused_linears():
+        q, scale = linear.int8
+        assert q.dtype == torch.int8 and q.shape == linear.weight.t().shape and linear.packed is None
+        assert q.numel() == linear.weight.numel() and scale.dtype == torch.bfloat16
+        used = linear.weight.t().abs().amax(1) > 0
+        assert (q.abs().amax(1)[used] >= 126).all()  # each column's largest weight uses the full range
+    adapters = list(built.dirs)
+    ids = np.arange(3, 3 + 9 * len(adapters)).reshape(len(adapters), 9)
+    ref = peft_forward(model, adapters, ids, np.ones_like(ids), None)[0]
+    got = backend.decoder.forward(adapters, ids, np.ones_like(ids), None)[0]
+    error = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert 0 < error < 0.05, error  # the tiny models measure ~1%; 0 would mean nothing was quantized
+    ids = prompts(built.tokenizer, 12)
+    cases = [(ADAPTERS[i % 4], p) for i, p in enumerate(ids)]
+    alone = [batched(backend, built.tokenizer, [c], max_batch=1)[0] for c in cases]
+    assert batched(backend, built.tokenizer, cases, max_batch=6) == alone
+
+
+def test_int8_refuses_widths_its_kernel_cannot_read(built):
+    """torch's int8 kernel reads input features in blocks of 16 and crashes on others: refused first."""
+    from qeforge.serving.decoder import LeanDecoder
+
+    decoder = LeanDecoder(peft_model(built.base, built.dirs), list(built.dirs))
+    decoder.layers[0]["down"].weight = decoder.layers[0]["down"].weight[:-3]  # as a width of in - 3 would be
+    with pytest.raises(ValueError, match="multiples of 16"):
+        decoder.quantize_int8()
+    assert decoder.weights == "model" and decoder.lm_head.int8 is None  # nothing half-quantized

@@ -392,6 +392,20 @@ def test_internal_error_is_a_generic_500(artefacts, serve):
     assert "secret" not in json.dumps(err)
 
 
+def test_int8_backend_answers_from_the_lean_decoder_on_int8_weights(artefacts):
+    """`--backend torch-int8` (the CLI's choice, and ServingSettings.backend's): the lean decoder on
+    weight-only int8 weights answers, and says so where /health reads it."""
+    from qeforge.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--backend", "torch-int8"]).backend == "torch-int8"
+    eng = make_engine(artefacts, policy(), backend="torch-int8")
+    assert eng.generation_path == "lean-int8"
+    r = eng.complete(chat_call(f"qeforge-{SERVED[0]}", PROMPT, max_tokens=MAX))
+    assert r.text and r.reason in ("confident", "truncated") and r.answered_by == f"qeforge-{SERVED[0]}@v1"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make_engine(artefacts, policy(), backend="int8")
+
+
 def test_onnx_backend_answers_like_torch(artefacts, expected, tmp_path):
     pytest.importorskip("qeforge.serving.onnx_runtime")
     pytest.importorskip("onnxruntime")

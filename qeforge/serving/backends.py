@@ -3,7 +3,9 @@
 TorchBackend: the base once, every adapter resident in one PeftModel; each row of a batch picks its
 adapter, so one batch mixes categories. Steps run on the lean decoder (decoder.py: every adapter in
 one matmul, checked against transformers + peft's forward when loaded), or, for a model it does not
-know or one whose logits differ, on that forward itself (`path` says which, and why). OnnxBackend: one merged (base +
+know or one whose logits differ, on that forward itself (`path` says which, and why). With
+weights="int8" the lean decoder's linears run weight-only int8 (decoder.py), path "lean-int8"; a
+model the lean decoder cannot run is then an error, not a silent fp32 fallback. OnnxBackend: one merged (base +
 adapter) graph per category, so a batch holds one category; each graph is checked against PyTorch
 when it is loaded, and a graph that fails is refused (`refused`: category -> why), not served.
 """
@@ -21,6 +23,9 @@ from qeforge.serving.source import Snapshot
 
 log = logging.getLogger(__name__)
 
+WEIGHTS = ("model", "int8")
+BACKENDS = ("torch", "torch-int8", "onnx")  # the gateway's choices: TorchBackend's weights, or OnnxBackend
+
 
 def _context(config) -> int:
     return int(getattr(config, "max_position_embeddings", None) or 4096)
@@ -29,25 +34,36 @@ def _context(config) -> int:
 class TorchBackend:
     mixes_adapters = True
 
-    def __init__(self, model, adapters: list[str]):
-        """`model`: a PeftModel holding `adapters` (rows name one of them, or None for the base alone)."""
+    def __init__(self, model, adapters: list[str], weights: str = "model"):
+        """`model`: a PeftModel holding `adapters` (rows name one of them, or None for the base alone);
+        `weights`: "model" (its own dtype) or "int8" (weight-only, the lean decoder on the CPU)."""
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, not {weights!r}")
         self.model = model.eval()
         self.device = next(model.parameters()).device  # batches arrive as numpy on the CPU
         self.context = _context(model.config)
         self.refused: dict[str, str] = {}
         self.decoder, self.path = lean_or_reason(model, adapters)
+        if weights == "int8":
+            if self.decoder is None:
+                raise ValueError(f"int8 weights run on the lean decoder, which is not used here: {self.path}")
+            self.decoder.quantize_int8()
+            self.path = "lean-int8"
+            drift = lean_parity(model, self.decoder, adapters)
+            log.info("int8 weights against the model's own: max |logit diff| %.3g, argmax agreement %.0f%% "
+                     "(lean_parity's prompts)", drift["max_abs_diff"], 100 * drift["argmax_agreement"])
         # A sliding-window cache keeps only the last window's positions, so padding one to stack it
         # under another would not line up: those models wait for the running batch to end instead.
         self.joins_running = getattr(model.config, "sliding_window", None) is None
 
     @classmethod
-    def from_snapshot(cls, snapshot: Snapshot, base=None) -> TorchBackend:
+    def from_snapshot(cls, snapshot: Snapshot, base=None, weights: str = "model") -> TorchBackend:
         """`base`: the base model already in memory (bench.gpu_phi4's random-weight Phi-4), else
         snapshot.base_model is loaded. The adapters are loaded onto the base's device."""
         from transformers import AutoModelForCausalLM
 
         model = base if base is not None else AutoModelForCausalLM.from_pretrained(snapshot.base_model, dtype="auto")
-        return cls(with_adapters(model, {c: a.path for c, a in snapshot.adapters.items()}), list(snapshot.adapters))
+        return cls(with_adapters(model, {c: a.path for c, a in snapshot.adapters.items()}), list(snapshot.adapters), weights)
 
     def forward(self, categories: list[str | None], ids: np.ndarray, mask: np.ndarray, past):
         """Rows whose category is None run on the base alone."""
