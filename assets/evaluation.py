@@ -10,7 +10,8 @@ import pandas as pd
 
 from assets.metadata import md_image, md_records, md_table
 from pipelines.partitions import category_partitions
-from pipelines.resources import mlflow_retries, CurationSettings, EvaluationSettings, LanceDBResource, MLflowResource
+from pipelines.resources import (mlflow_retries, CurationSettings, EvaluationSettings, LanceDBResource, MLflowResource,
+                                 ServingSettings)
 from qeforge.categories import CATEGORIES
 
 GROUP = "evaluation"
@@ -45,6 +46,7 @@ def adapter_evaluation(
     base_model: dict,
     curated_datasets: dict,
     evaluation: EvaluationSettings,
+    serving: ServingSettings,
     lancedb: LanceDBResource,
     mlflow: MLflowResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
@@ -61,7 +63,8 @@ def adapter_evaluation(
     out_dir = _eval_dir(evaluation, category, curated_datasets["version"])
     frame = evaluate_category(
         spec, dataset_dir, base_model["name_or_path"], Path(lora_adapter["adapter_dir"]), lancedb.connect(),
-        batch_size=evaluation.generation_batch_size, workers=evaluation.sandbox_workers or None, log=context.log.info,
+        batch_size=evaluation.generation_batch_size, weights=serving.generation_weights(),
+        workers=evaluation.sandbox_workers or None, log=context.log.info,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     examples_path = out_dir / "examples.parquet"

@@ -256,6 +256,11 @@ class ServingSettings(dg.ConfigurableResource):
                                        description="regexes whose matches become [REDACTED] in every recorded text field "
                                        "(default: sk-... and sk-ant-... keys, AKIA... AWS keys, bearer tokens, password=...)")
 
+    def generation_weights(self) -> str:
+        """The weights local answers are generated with ("model" or "int8"). Evaluation generates with
+        the same, so a tuned routing threshold means the same there as in the gateway."""
+        return "int8" if self.backend == "torch-int8" else "model"
+
     def registry_cache_path(self) -> Path:
         return project_path(self.registry_cache_dir or Path(embedded_default("home")) / "serving" / "registry_cache")
 

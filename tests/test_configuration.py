@@ -66,6 +66,17 @@ def test_evaluation_settings_prices_default_to_the_library_prices():
     assert EvaluationSettings().prices() == Prices()
 
 
+def test_evaluation_generates_on_the_weights_the_gateway_serves():
+    """A routing threshold is tuned on evaluation's signal: with the gateway on int8 weights, evaluation's
+    generation is too (adapter_evaluation passes ServingSettings.generation_weights() down)."""
+    from pipelines.resources import ServingSettings
+    from qeforge.serving.backends import BACKENDS, WEIGHTS
+
+    assert {b: ServingSettings(backend=b).generation_weights() for b in BACKENDS} == {
+        "torch": "model", "torch-int8": "int8", "onnx": "model"}
+    assert set(WEIGHTS) == {"model", "int8"}
+
+
 def test_datasets_show_reads_the_configured_dataset_store(qe_home, tmp_path, monkeypatch, capsys):
     root = tmp_path / "elsewhere"
     records = pd.DataFrame({"id": ["a"], "category": ["code-review"], "messages": [[{"role": "user", "content": "x"}]],

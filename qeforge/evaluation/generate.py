@@ -72,12 +72,13 @@ def generate(
     *,
     max_new_tokens: int = 128,
     batch_size: int = 16,
+    weights: str = "model",
     use_adapter: bool = True,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> list[Generation]:
     """Greedy answers for chat prompts (each a list of system/user messages), in order: the shim's own
-    generation path (its backend and its continuous batching, up to `batch_size` rows), so the answers
-    and the routing signal are the ones the shim would produce."""
+    generation path (its backend and its continuous batching, up to `batch_size` rows, on `weights`:
+    backends.WEIGHTS), so the answers and the routing signal are the ones the shim would produce."""
     from qeforge.serving.backends import TorchBackend
     from qeforge.serving.batching import Batcher, GenerationRequest
 
@@ -85,7 +86,7 @@ def generate(
     max_prompt = limit - max_new_tokens  # keep the end of long prompts: the question is last
     adapter = next(iter(model.peft_config))  # load_adapter_model's one adapter
     stops = tuple(stop_token_ids(tokenizer))
-    state = _Decoding(TorchBackend(model, [adapter]), tokenizer, stops,
+    state = _Decoding(TorchBackend(model, [adapter], weights), tokenizer, stops,
                       tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0])
     prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)[-max_prompt:]
                for c in conversations]

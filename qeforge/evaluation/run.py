@@ -75,10 +75,12 @@ def evaluate_category(
     db,
     *,
     batch_size: int = 16,
+    weights: str = "model",
     workers: int | None = None,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Generate with the adapter (tune + eval splits) and the base (eval split); score them and Claude."""
+    """Generate with the adapter (tune + eval splits) and the base (eval split); score them and Claude.
+    `weights`: the gateway's ("model" or "int8"), so the signal tuned here is the one it computes."""
     from qeforge.embedding import embed_texts
 
     model, tokenizer = load_adapter_model(base_model, adapter_dir)
@@ -94,7 +96,7 @@ def evaluate_category(
         def progress(done, total, seconds, who):
             log(f"{spec.task}/{split}: {who} generated {done}/{total} ({done / max(seconds, 1e-9):.1f} examples/s)")
 
-        adapter_out = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=batch_size,
+        adapter_out = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=batch_size, weights=weights,
                                progress=lambda d, t, s: progress(d, t, s, "adapter"))
         frame = pd.DataFrame({
             "split": split,
@@ -114,7 +116,7 @@ def evaluate_category(
         everyone = range(len(examples))
         scored = {"adapter": score([g.text for g in adapter_out], everyone)}
         if split == spec.eval_split:
-            base_out = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=batch_size,
+            base_out = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=batch_size, weights=weights,
                                 use_adapter=False, progress=lambda d, t, s: progress(d, t, s, "base"))
             scored["base"] = score([g.text for g in base_out], everyone)
         claude_idx = [i for i, e in enumerate(examples) if is_claude(e["model"])]
