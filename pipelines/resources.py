@@ -233,8 +233,8 @@ class ServingSettings(dg.ConfigurableResource):
     port: int = 8000
     api_key: str = Field(default="", description="require it ('Authorization: Bearer' or 'x-api-key'); empty: $QEFORGE_API_KEY")
     backend: str = Field(default="torch", description='"torch" (PyTorch, the model\'s own dtype), "torch-int8" (its lean '
-                         'decoder on weight-only int8 weights: ~2x faster for one client on a CPU, answers measured in '
-                         'the README) or "onnx"')
+                         'decoder on weight-only int8 weights: ~1.4x the tokens/s for one client on a CPU, its answers '
+                         'measured in the README) or "onnx"')
     max_batch: int = Field(default=0, description="rows per generation batch, 1 serializes; 0: $QEFORGE_MAX_BATCH or 16")
     max_body_bytes: int = Field(default=0, description="larger bodies get a 413; 0: $QEFORGE_MAX_BODY_BYTES or 4 MiB")
     escalate: bool = Field(default=True, description="ask Claude when the local side cannot answer well (needs ANTHROPIC_API_KEY)")
@@ -259,7 +259,9 @@ class ServingSettings(dg.ConfigurableResource):
     def generation_weights(self) -> str:
         """The weights local answers are generated with ("model" or "int8"). Evaluation generates with
         the same, so a tuned routing threshold means the same there as in the gateway."""
-        return "int8" if self.backend == "torch-int8" else "model"
+        from qeforge.serving.backends import generation_weights
+
+        return generation_weights(self.backend)
 
     def registry_cache_path(self) -> Path:
         return project_path(self.registry_cache_dir or Path(embedded_default("home")) / "serving" / "registry_cache")

@@ -27,6 +27,11 @@ WEIGHTS = ("model", "int8")
 BACKENDS = ("torch", "torch-int8", "onnx")  # the gateway's choices: TorchBackend's weights, or OnnxBackend
 
 
+def generation_weights(backend: str) -> str:
+    """The weights a gateway backend generates with (WEIGHTS); ONNX Runtime's graphs are the model's own."""
+    return "int8" if backend == "torch-int8" else "model"
+
+
 def _context(config) -> int:
     return int(getattr(config, "max_position_embeddings", None) or 4096)
 

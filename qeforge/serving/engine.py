@@ -42,7 +42,7 @@ from pathlib import Path
 from qeforge.categories import CATEGORIES, MODEL_PREFIX, SYSTEM_PROMPTS, registered_model_name
 from qeforge.curation.categorize import MIN_CATEGORY_PROBABILITY, MIN_CATEGORY_SIMILARITY
 from qeforge.evaluation.generate import stop_token_ids
-from qeforge.serving.backends import BACKENDS
+from qeforge.serving.backends import BACKENDS, generation_weights
 from qeforge.serving.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, Batcher, Cancelled, Generated, GenerationRequest
 from qeforge.serving.chat import ChatCall, Choice, Completion, text_block
 from qeforge.serving.escalation import DEFAULT_CLAUDE_MODEL, Escalation
@@ -98,7 +98,7 @@ class _Loaded:
         # <0x0A> have more), so text longer than context x this cannot fit, however it tokenizes.
         self.max_token_chars = max(map(len, self.tokenizer.get_vocab()), default=1)
         self.backend = (OnnxBackend(snapshot, onnx_cache_dir) if backend == "onnx"
-                        else TorchBackend.from_snapshot(snapshot, weights="int8" if backend == "torch-int8" else "model"))
+                        else TorchBackend.from_snapshot(snapshot, weights=generation_weights(backend)))
         self.refused = self.backend.refused  # category -> why it is not served
         self.served = {c: a for c, a in snapshot.adapters.items() if c not in self.refused}
         self.known_good: KnownGood | None = None  # read on the first knn request; a reload reads it again
