@@ -185,3 +185,43 @@ def test_int8_refuses_widths_its_kernel_cannot_read(built):
     with pytest.raises(ValueError, match="multiples of 16"):
         decoder.quantize_int8()
     assert decoder.weights == "model" and decoder.lm_head.int8 is None  # nothing half-quantized
+
+
+@pytest.mark.parametrize("weights", ["model", "int8"])
+def test_compiled_step_equals_the_python_step(built, weights):
+    """decode_step.cpp (one-token steps) against decoder.py's Python step on the same decoder: mixed
+    adapters and the base alone, left-padded rows, a cache cropped on the left (non-contiguous views);
+    logits and written keys/values agree to float reassociation, and the argmax everywhere."""
+    import torch
+
+    from qeforge.serving.decoder import LeanDecoder
+
+    decoder = LeanDecoder(peft_model(built.base, built.dirs), list(built.dirs))
+    if weights == "int8":
+        decoder.quantize_int8()
+    assert decoder.step is not None, decoder.step_reason  # this machine builds it (a C++ compiler and ninja)
+    compiled = decoder.step
+    rows = [*ADAPTERS, None, ADAPTERS[1]]
+    rng = np.random.default_rng(3)
+    lengths = [4 + 2 * i for i in range(len(rows))]
+    ids = np.zeros((len(rows), max(lengths)), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, -n:], mask[i, -n:] = rng.integers(0, len(built.tokenizer), n), 1
+    _, cache = decoder.forward(rows, ids, mask, None)  # the prefill: Python either way
+    cache = cache.crop_left(2)
+    mask = mask[:, 2:]
+    for step in range(3):
+        token = rng.integers(0, len(built.tokenizer), (len(rows), 1))
+        mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], 1)
+        twin = type(cache)([k.clone() for k in cache.keys], [v.clone() for v in cache.values], cache.length)
+        decoder.step = compiled
+        got, cache = decoder.forward(rows, token, mask, cache)
+        decoder.step = None
+        want, twin = decoder.forward(rows, token, mask, twin)
+        scale = np.abs(want).max()
+        assert np.abs(got - want).max() <= 1e-4 * scale, (step, np.abs(got - want).max(), scale)
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+        end = cache.length
+        for a, b in zip(cache.keys + cache.values, twin.keys + twin.values):
+            torch.testing.assert_close(a[:, :, :end], b[:, :, :end], rtol=1e-4, atol=1e-5)

@@ -27,9 +27,37 @@ DoRA or LoRA bias. `unsupported()` says why anything else runs on the PeftModel'
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
+from pathlib import Path
+
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 ARCHITECTURES = ("llama", "phi3")
+DECODE_STEP_SOURCE = Path(__file__).with_name("decode_step.cpp")
+
+
+@functools.cache
+def decode_step_module():
+    """decode_step.cpp built with torch's C++ extension loader: ~20 s once per machine and source (the
+    build is cached under TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions, and named by the
+    source's hash so an edit rebuilds), then a load. Raises when it cannot be built (no C++ compiler)."""
+    import os
+    import sysconfig
+
+    from torch.utils.cpp_extension import load
+
+    digest = hashlib.sha256(DECODE_STEP_SOURCE.read_bytes()).hexdigest()[:12]
+    # torch runs `ninja` from PATH: the one this environment installed (the ninja package) comes first.
+    scripts = sysconfig.get_path("scripts")
+    if scripts and scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    log.info("loading the C++ decode step (building it takes ~20 s the first time on this machine)")
+    return load(name=f"qeforge_decode_step_{digest}", sources=[str(DECODE_STEP_SOURCE)],
+                extra_cflags=["-O3", "-fopenmp-simd"], with_cuda=False)
 
 
 def unsupported(model) -> str | None:
@@ -154,6 +182,14 @@ class FusedLinear:
             return y + torch.ops.mkldnn._linear_pointwise(z_a, self.packed_B, None, "none", [], "")
         return y + z_a @ self.B
 
+    def add_to(self, step) -> None:
+        """Hand this linear's tensors to a DecodeStep (decode_step.cpp's Linear reads the same fields)."""
+        spans = [0, 0] * self.slots
+        for slot, (start, end) in self.spans.items():
+            spans[2 * slot:2 * slot + 2] = [start, end]
+        int8, scales = self.int8 if self.int8 is not None else (None, None)
+        step.add_linear(self.packed, self.bias, self.weight, int8, scales, self.B, spans, self.out)
+
     def mask(self, row_slots):
         """[rows, 1, R]: 1 on each row's adapter span of z_A, 0 elsewhere (and everywhere for the base)."""
         table = self.B.new_zeros(self.slots, self.B.shape[0])
@@ -168,10 +204,7 @@ class _Rows:
     def __init__(self, decoder: LeanDecoder, adapters: list[str | None]):
         import torch
 
-        unknown = {a for a in adapters if a is not None and a not in decoder.slots}
-        if unknown:  # as peft does: a row never silently falls back to the base
-            raise ValueError(f"no adapter named {sorted(unknown)} (loaded: {sorted(decoder.slots)})")
-        slots = [decoder.slots[a] if a is not None else 0 for a in adapters]
+        slots = decoder.slots_of(adapters)
         self.single = slots[0] if len(set(slots)) == 1 else None  # slot 0: the base alone, no span matches
         self.masks = {}
         if self.single is None:
@@ -271,7 +304,40 @@ class LeanDecoder:
         if self.lm_head.B is not None:
             self.lora_layouts.setdefault(self.lm_head.key, self.lm_head)
         self.dtype, self.device = self.embed.weight.dtype, self.embed.weight.device
+        self.eps = self.norm.variance_epsilon
+        self.silu = config.hidden_act == "silu"
         self.weights = "model"  # or "int8" after quantize_int8
+        self.step, self.step_reason = self.compiled_step()
+
+    def slots_of(self, adapters: list[str | None]) -> list[int]:
+        unknown = {a for a in adapters if a is not None and a not in self.slots}
+        if unknown:  # as peft does: a row never silently falls back to the base
+            raise ValueError(f"no adapter named {sorted(unknown)} (loaded: {sorted(self.slots)})")
+        return [self.slots[a] if a is not None else 0 for a in adapters]
+
+    def compiled_step(self):
+        """(decode_step.cpp's DecodeStep over these weights, "") for one-token steps on the CPU in fp32
+        or int8, or (None, why not): those steps then run in Python (_forward), ~5 ms slower on SmolLM2."""
+        import torch
+
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return None, f"the C++ step runs fp32 models on the CPU (this one: {self.dtype} on {self.device.type})"
+        if not self.silu:
+            return None, "the C++ step knows the SiLU MLP only"
+        try:
+            module = decode_step_module()
+        except Exception as err:  # no compiler, no ninja, a read-only cache: the Python step still answers
+            log.warning("one-token steps run in Python: the C++ decode step did not build (%s)", err)
+            return None, f"the C++ step did not build: {err}"
+        step = module.DecodeStep(self.heads, self.kv_heads, self.head_dim, self.scale, self.eps)
+        for linear in [m for layer in self.layers for m in (layer["qkv"], layer["o"], layer["gate_up"], layer["down"])]:
+            linear.add_to(step)
+        self.lm_head.add_to(step)
+        for layer in self.layers:
+            step.add_norm(layer["in_norm"].weight)
+            step.add_norm(layer["post_norm"].weight)
+        step.add_norm(self.norm.weight)
+        return step, ""
 
     def fused_linears(self) -> list[FusedLinear]:
         return [self.lm_head] + [m for layer in self.layers for m in layer.values() if isinstance(m, FusedLinear)]
@@ -296,6 +362,7 @@ class LeanDecoder:
         for linear in self.fused_linears():
             linear.quantize_int8()
         self.weights = "int8"
+        self.step, self.step_reason = self.compiled_step()  # it held the fp32 packed weights
 
     def forward(self, row_adapters: list[str | None], ids: np.ndarray, mask: np.ndarray, cache: KVCache | None):
         import torch
@@ -308,6 +375,8 @@ class LeanDecoder:
 
         rows, new = ids.shape
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).to(self.device)
+        if new == 1 and cache is not None and self.step is not None:
+            return self._compiled_forward(row_adapters, ids, mask_t, cache)
         if cache is None:
             cache = KVCache.empty(len(self.layers), rows, self.kv_heads, new + 64, self.head_dim, self.embed.weight)
         cache.reserve(new)
@@ -329,6 +398,23 @@ class LeanDecoder:
         cache.length += new
         logits = self.lm_head(self._norm(self.norm, h[:, -1:]), batch)
         return logits[:, -1].float().cpu().numpy(), cache
+
+    def _compiled_forward(self, row_adapters, ids, mask_t, cache):
+        """One token per row through decode_step.cpp: embedding and RoPE's cos/sin here (transformers'
+        rotary module, so every RoPE scaling it knows), everything after in one C++ call."""
+        import torch
+
+        slots = self.slots_of(row_adapters)
+        cache.reserve(1)
+        if not cache.keys[0].is_contiguous():  # crop_left's views: the step writes at [.., length, ..]
+            cache.keys, cache.values = [k.contiguous() for k in cache.keys], [v.contiguous() for v in cache.values]
+        mask_t = mask_t.to(torch.int64)
+        h = self.embed(torch.from_numpy(np.ascontiguousarray(ids)).to(self.device))
+        cos, sin = self.rotary(h, mask_t.sum(-1, keepdim=True) - 1)  # the new token's position: real tokens before it
+        logits = self.step.forward(h[:, 0].contiguous(), cos[:, 0], sin[:, 0], mask_t, cache.keys, cache.values,
+                                   cache.length, slots)
+        cache.length += 1
+        return logits.numpy(), cache
 
     def _norm(self, module, x):
         """transformers' RMSNorm; in fp32 as torch's one fused op (the same formula, ~6 ops fewer a call)."""
