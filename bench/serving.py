@@ -183,6 +183,10 @@ def taking_turns(servers: dict, cats: list[str], max_tokens: int) -> dict:
             procs[name] = launch(ports[name])
         for name, (_, body_for) in servers.items():
             wait_until_up(procs[name], ports[name])
+            health = httpx.get(f"http://127.0.0.1:{ports[name]}/health", timeout=10).json()
+            if "generation" in health:  # qeforge's path: lean, lean-int8, or why it runs otherwise
+                out[name]["generation"] = health["generation"]
+                print(f"  {name:20} generation: {health['generation']}", file=sys.stderr, flush=True)
             load(f"http://127.0.0.1:{ports[name]}", [(c, SNIPPETS[0]) for c in cats], 1, max_tokens, body_for)  # warm-up
         for n in CONCURRENCY:
             plan = [(cats[i % len(cats)], SNIPPETS[i % len(SNIPPETS)]) for i in range(max(8, 2 * n))]

@@ -160,9 +160,9 @@ def test_int8_weights_quarter_the_bytes_stay_close_and_batch_consistently(built)
     assert backend.path == "lean-int8" and backend.decoder.weights == "int8"
     for linear in backend.decoder.fused_linears():
         q, scale = linear.int8
-        assert q.dtype == torch.int8 and q.shape == linear.weight.t().shape and linear.packed is None
+        assert q.dtype == torch.int8 and q.shape == linear.weight.shape and linear.packed is None
         assert q.numel() == linear.weight.numel() and scale.dtype == torch.bfloat16
-        used = linear.weight.t().abs().amax(1) > 0
+        used = linear.weight.abs().amax(1) > 0
         assert (q.abs().amax(1)[used] >= 126).all()  # each column's largest weight uses the full range
     adapters = list(built.dirs)
     ids = np.arange(3, 3 + 9 * len(adapters)).reshape(len(adapters), 9)
@@ -181,7 +181,7 @@ def test_int8_refuses_widths_its_kernel_cannot_read(built):
     from qeforge.serving.decoder import LeanDecoder
 
     decoder = LeanDecoder(peft_model(built.base, built.dirs), list(built.dirs))
-    decoder.layers[0]["down"].weight = decoder.layers[0]["down"].weight[:-3]  # as a width of in - 3 would be
+    decoder.layers[0]["down"].weight = decoder.layers[0]["down"].weight[:, :-3]  # as a width of in - 3 would be
     with pytest.raises(ValueError, match="multiples of 16"):
         decoder.quantize_int8()
     assert decoder.weights == "model" and decoder.lm_head.int8 is None  # nothing half-quantized
@@ -225,3 +225,24 @@ def test_compiled_step_equals_the_python_step(built, weights):
         end = cache.length
         for a, b in zip(cache.keys + cache.values, twin.keys + twin.values):
             torch.testing.assert_close(a[:, :, :end], b[:, :, :end], rtol=1e-4, atol=1e-5)
+
+
+def test_without_the_compiled_step_steps_run_in_python_and_the_path_says_why(built, monkeypatch):
+    """No C++ compiler (or no ninja): the gateway still answers, the same tokens, and /health's
+    `generation` names the reason."""
+    from qeforge.evaluation.generate import stop_token_ids
+    from qeforge.serving import decoder as decoder_module
+    from qeforge.serving.backends import TorchBackend
+
+    def no_compiler():
+        raise RuntimeError("Error building extension: c++: not found")
+
+    model = peft_model(built.base, built.dirs)
+    with_step = TorchBackend(model, list(built.dirs))
+    monkeypatch.setattr(decoder_module, "decode_step_module", no_compiler)
+    backend = TorchBackend(model, list(built.dirs))
+    assert backend.decoder.step is None and with_step.decoder.step is not None
+    assert backend.path == "lean (one-token steps in Python: the C++ step did not build: Error building extension: c++: not found)"
+    cases = [(ADAPTERS[i % 4], p) for i, p in enumerate(prompts(built.tokenizer, 6))]
+    stops = stop_token_ids(built.tokenizer)
+    assert batched(backend, built.tokenizer, cases, max_batch=3) == [reference_greedy(model, a, p, stops) for a, p in cases]

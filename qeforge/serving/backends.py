@@ -3,7 +3,8 @@
 TorchBackend: the base once, every adapter resident in one PeftModel; each row of a batch picks its
 adapter, so one batch mixes categories. Steps run on the lean decoder (decoder.py: every adapter in
 one matmul, checked against transformers + peft's forward when loaded), or, for a model it does not
-know or one whose logits differ, on that forward itself (`path` says which, and why). With
+know or one whose logits differ, on that forward itself (`path` says which, and why; and when the
+lean decoder's one-token steps run in Python because its C++ step, decode_step.cpp, is unavailable). With
 weights="int8" the lean decoder's linears run weight-only int8 (decoder.py), path "lean-int8"; a
 model the lean decoder cannot run is then an error, not a silent fp32 fallback. OnnxBackend: one merged (base +
 adapter) graph per category, so a batch holds one category; each graph is checked against PyTorch
@@ -57,6 +58,8 @@ class TorchBackend:
             drift = lean_parity(model, self.decoder, adapters)
             log.info("int8 weights against the model's own: max |logit diff| %.3g, argmax agreement %.0f%% "
                      "(lean_parity's prompts)", drift["max_abs_diff"], 100 * drift["argmax_agreement"])
+        if self.decoder is not None and self.decoder.step is None:  # /health shows it (`generation`)
+            self.path += f" (one-token steps in Python: {self.decoder.step_reason})"
         # A sliding-window cache keeps only the last window's positions, so padding one to stack it
         # under another would not line up: those models wait for the running batch to end instead.
         self.joins_running = getattr(model.config, "sliding_window", None) is None

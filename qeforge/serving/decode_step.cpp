@@ -11,6 +11,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -44,14 +45,47 @@ VECTOR_CLONES void rms_norm(float* out, const float* x, const float* weight, int
   for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * weight[i];
 }
 
+// e^x as Cephes' expf: 2^n * e^r with r = x - n ln2 (ln2 split in two so r is exact), a degree-7
+// polynomial for e^r; relative error < 2e-7, and it vectorizes (std::exp does not without -ffast-math).
+// x below -87 gives ~1e-38, not 0: callers that mean 0 (masked positions) say so themselves.
+inline float exp_poly(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  const float t = x * 1.44269504f;
+  const int32_t n = int32_t(t + (t >= 0.f ? 0.5f : -0.5f));
+  const float r = x - float(n) * 0.693359375f + float(n) * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const int32_t bits = (n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
 VECTOR_CLONES void silu_mul(float* out, const float* gate, const float* up, int64_t n) {
-  for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+  for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.f + exp_poly(-gate[i])) * up[i];
+}
+
+// p[t] = exp(p[t] - top) where p[t] is finite, 0 where it is -inf (a masked position); returns the sum.
+VECTOR_CLONES float softmax_numerators(float* p, int64_t n, float top) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t t = 0; t < n; t++) {
+    const float e = p[t] == -std::numeric_limits<float>::infinity() ? 0.f : exp_poly(p[t] - top);
+    p[t] = e;
+    sum += e;
+  }
+  return sum;
 }
 
 // One FusedLinear (decoder.py): x [rows, in] -> z = x @ W_ext ([rows, out + R]: the base outputs, then
 // every adapter's LoRA A ranks); y = z[:, :out] + z[:, out + span] @ B[span] per row, span = its adapter's.
 struct Linear {
-  at::Tensor packed, bias, weight_t, int8, scales, lora_b;  // each may be undefined
+  at::Tensor packed, bias, weight, int8, scales, lora_b;  // each may be undefined; weight [out + R, in]
   std::vector<int64_t> spans;  // per slot: start, end (end == start: no LoRA for that slot)
   int64_t out;
 
@@ -67,7 +101,7 @@ struct Linear {
       op.callBoxed(&stack);
       z = stack[0].toTensor();
     } else {
-      z = bias.defined() ? at::addmm(bias, x, weight_t) : at::mm(x, weight_t);
+      z = bias.defined() ? at::addmm(bias, x, weight.t()) : at::mm(x, weight.t());
     }
     const int64_t rows = x.size(0), width = z.size(1);
     at::Tensor y = z.narrow(1, 0, out).contiguous();
@@ -75,8 +109,12 @@ struct Linear {
     const float* zp = z.data_ptr<float>();
     const float* bp = lora_b.data_ptr<float>();
     float* yp = y.data_ptr<float>();
-    // Columns in blocks across the threads; each block walks its rows' rank rows of B (B: [R, out]).
-    at::parallel_for(0, out, 256, [&](int64_t lo, int64_t hi) {
+    // Columns in blocks; each block walks its rows' rank rows of B (B: [R, out]). Threads only for a
+    // batch: one row's r=16 update of a 3,072-wide output is ~50k multiply-adds, a few microseconds,
+    // less than waking the other thread.
+    int64_t work = 0;
+    for (int64_t r = 0; r < rows; r++) work += (spans[2 * slots[r] + 1] - spans[2 * slots[r]]) * out;
+    at::parallel_for(0, out, work < (1 << 18) ? out : 256, [&](int64_t lo, int64_t hi) {
       for (int64_t r = 0; r < rows; r++) {
         const int64_t start = spans[2 * slots[r]], end = spans[2 * slots[r] + 1];
         for (int64_t j = start; j < end; j++)
@@ -98,10 +136,10 @@ class DecodeStep {
       : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), scale_(scale), eps_(eps) {}
 
   // Linears in the order layer by layer (qkv, o, gate_up, down), then the lm_head; norms likewise.
-  void add_linear(std::optional<at::Tensor> packed, std::optional<at::Tensor> bias, std::optional<at::Tensor> weight_t,
+  void add_linear(std::optional<at::Tensor> packed, std::optional<at::Tensor> bias, std::optional<at::Tensor> weight,
                   std::optional<at::Tensor> int8, std::optional<at::Tensor> scales, std::optional<at::Tensor> lora_b,
                   std::vector<int64_t> spans, int64_t out) {
-    linears_.push_back({packed.value_or(at::Tensor()), bias.value_or(at::Tensor()), weight_t.value_or(at::Tensor()),
+    linears_.push_back({packed.value_or(at::Tensor()), bias.value_or(at::Tensor()), weight.value_or(at::Tensor()),
                         int8.value_or(at::Tensor()), scales.value_or(at::Tensor()), lora_b.value_or(at::Tensor()),
                         std::move(spans), out});
   }
@@ -179,27 +217,34 @@ class DecodeStep {
         std::copy(x + rot, x + d, dst + rot);
       }
     }
-    at::Tensor out = at::empty({rows, heads_ * d}, qkv.options());
+    at::Tensor out = at::zeros({rows, heads_ * d}, qkv.options());
     float* op = out.data_ptr<float>();
     const int64_t* mp = mask.data_ptr<int64_t>();
-    at::parallel_for(0, rows * heads_, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<float> p(total);
-      for (int64_t rh = lo; rh < hi; rh++) {
-        const int64_t r = rh / heads_, head = rh % heads_;
-        const float* qv = qp + rh * d;
-        const float* kb = kp + (r * kv_heads_ + head / groups) * capacity * d;
-        const float* vb = vp + (r * kv_heads_ + head / groups) * capacity * d;
-        float top = -std::numeric_limits<float>::infinity();
-        for (int64_t t = 0; t < total; t++) {
-          p[t] = mp[r * total + t] ? dot(qv, kb + t * d, d) * float(scale_) : -std::numeric_limits<float>::infinity();
-          top = std::max(top, p[t]);
+    const float scale = float(scale_);
+    // One task per (row, KV head): its `groups` query heads read the KV head's keys and values once.
+    // Threads only when there is enough of it (one row: 3 KV heads x ~100 positions, ~10 microseconds).
+    const int64_t tasks = rows * kv_heads_;
+    at::parallel_for(0, tasks, tasks * groups * total * d < (1 << 16) ? tasks : 1, [&](int64_t lo, int64_t hi) {
+      std::vector<float> p(groups * total);
+      for (int64_t task = lo; task < hi; task++) {
+        const int64_t r = task / kv_heads_, kv = task % kv_heads_;
+        const float* kb = kp + (r * kv_heads_ + kv) * capacity * d;
+        const float* vb = vp + (r * kv_heads_ + kv) * capacity * d;
+        const int64_t* m = mp + r * total;
+        for (int64_t g = 0; g < groups; g++) {
+          const int64_t head = kv * groups + g;
+          const float* qv = qp + (r * heads_ + head) * d;
+          float* pg = p.data() + g * total;
+          float top = -std::numeric_limits<float>::infinity();
+          for (int64_t t = 0; t < total; t++) {
+            pg[t] = m[t] ? dot(qv, kb + t * d, d) * scale : -std::numeric_limits<float>::infinity();
+            top = std::max(top, pg[t]);
+          }
+          const float inv = 1.f / softmax_numerators(pg, total, top);
+          float* o = op + r * heads_ * d + head * d;
+          for (int64_t t = 0; t < total; t++)
+            if (pg[t] > 0.f) axpy(o, vb + t * d, pg[t] * inv, d);
         }
-        float sum = 0.f;
-        for (int64_t t = 0; t < total; t++) sum += (p[t] = std::exp(p[t] - top));
-        float* o = op + r * heads_ * d + head * d;
-        std::fill(o, o + d, 0.f);
-        for (int64_t t = 0; t < total; t++)
-          if (p[t] > 0.f) axpy(o, vb + t * d, p[t] / sum, d);
       }
     });
     return out;

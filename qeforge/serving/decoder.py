@@ -8,9 +8,12 @@ and (c) MKL's GEMVs on [out, in] weights. Here:
 - the linears that read one input run as one matmul with every adapter's LoRA A beside them, through
   oneDNN's packed weights (FusedLinear and onednn_pack say why and what it costs);
 - the KV cache is one preallocated tensor per layer, appended in place (capacity doubles), so a step
-  copies nothing of the past.
-Measured on 2 idle cores, in-process on one thread: one row with an adapter 20.0 ms a step (transformers
-+ peft's forward: 54.9); 16 rows of four adapters 35.2 ms, ~450 tokens/s (transformers + peft: 137.9).
+  copies nothing of the past;
+- a one-token step (every step after the prefill) is one C++ call (decode_step.cpp, DecodeStep): the
+  same GEMMs, and the ~1,500 small eager ops between them (norms, RoPE, attention, LoRA B) as loops.
+Measured on SmolLM2 + four adapters, 2 idle cores, in-process: one row with an adapter 12.4 ms a step
+(the same step in Python 20.1, transformers + peft's forward 54.9); 4 rows 18.1 (Python 23.9); 16 rows
+36.8 (37.0: the GEMMs dominate there), ~430 tokens/s (transformers + peft: 137.9).
 In the shim the generation thread must be the only one driving OpenMP workers (threads.py).
 The weights are the model's own tensors, regrouped in place (the model's forward reads the same
 numbers); only the stacked LoRA B matrices are new (~1% of the model). Numerics: transformers' eager
@@ -18,8 +21,8 @@ ops in the same dtype, with the LoRA sums reassociated; backends.lean_parity com
 PeftModel's forward when a backend loads, and the backend refuses this path when they differ.
 
 Weights: the model's own dtype, or weight-only int8 on the CPU (LeanDecoder.quantize_int8): 1/4 of
-the fp32 bytes a step reads, for the one-client latency a step's GEMVs bound (538 MB of fp32 weights:
-14 ms of a 21 ms step). Measured in-process, one row: 11.6 ms a step, 5.3 of them the int8 GEMVs.
+the fp32 bytes a step reads, for the one-client latency a step's GEMVs bound (538 MB of fp32 weights).
+Measured in-process, one row: 7.4 ms a step (the Python step: 11.6, 5.3 of them the int8 GEMVs).
 
 Supported: model_type llama and phi3 (SmolLM2, Phi-3, Phi-4) without a sliding window, LoRA without
 DoRA or LoRA bias. `unsupported()` says why anything else runs on the PeftModel's forward instead.
@@ -79,7 +82,7 @@ def unsupported(model) -> str | None:
 
 
 def onednn_pack(weight):
-    """`weight` [in, out] reordered for oneDNN's GEMM, or None off the CPU, outside fp32 or without
+    """`weight` [out, in] reordered for oneDNN's GEMM, or None off the CPU, outside fp32 or without
     oneDNN. Why, measured on SmolLM2-135M's linears (one step's weights, 538 MB, 2 idle cores): one row
     15.0 ms a step vs 26.4 for MKL's GEMV on [in, out] (34.6 on [out, in]); 4 rows 19.7 vs 52.0;
     16 rows 24.0 vs 69.1. Packed for 16 rows (the hint): packed for one it is slower at every count (19.6
@@ -90,20 +93,21 @@ def onednn_pack(weight):
 
     usable = (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
               and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-    return torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), 16) if usable else None
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 16) if usable else None
 
 
 class FusedLinear:
     """Linear modules that read the same input (q, k, v; gate, up; or one alone) as one matmul, with
-    every adapter's LoRA A beside their weights: x [.., in] @ W_ext [in, out + R] gives the base outputs
-    and every adapter's rank projections at once; then delta = z_A @ B, where B [R, out] holds each
+    every adapter's LoRA A below their weights: x [.., in] @ W_ext^T (W_ext [out + R, in]) gives the base
+    outputs and every adapter's rank projections at once; then delta = z_A @ B, where B [R, out] holds each
     adapter's B (scaling folded in) on its modules' output columns. One row or one adapter: that
     adapter's span of z_A and B only; mixed rows: z_A * mask, each row keeping its adapter's span.
     Why: per step a Llama layer is 4 GEMVs + 4 small matmuls instead of 7 + 14 (measured: a step of
     one row with one adapter cost 17 ms more than the base alone with per-module LoRA matmuls).
-    W_ext is stored [in, out + R] and the modules' own weights become views of it, so nothing is held
+    W_ext is stored [out + R, in] (nn.Linear's layout, so each module's weight and each adapter's A are
+    contiguous row blocks of it) and the modules' own weights become views of it, so nothing is held
     twice and the model's own forward reads the same numbers; on the CPU in fp32 the step multiplies by
-    oneDNN's packed copy of it (onednn_pack)."""
+    oneDNN's packed copy of it (onednn_pack), or reads it directly (decode_step.cpp, a few rows)."""
 
     def __init__(self, modules: list, slots: dict[str, int]):
         import torch
@@ -129,9 +133,9 @@ class FusedLinear:
             if rank > start:
                 self.spans[slot] = (start, rank)
         with torch.no_grad():
-            self.weight = torch.cat([b.weight.t() for b in bases] + [a.t() for a in a_blocks], dim=1).contiguous()
+            self.weight = torch.cat([b.weight for b in bases] + a_blocks).contiguous()
             for b, lo, hi in zip(bases, offsets, offsets[1:]):
-                b.weight.data = self.weight[:, lo:hi].t()
+                b.weight.data = self.weight[lo:hi]
         biases = [b.bias for b in bases]
         self.bias = None
         if any(x is not None for x in biases):
@@ -140,7 +144,7 @@ class FusedLinear:
         self.B = torch.cat(b_rows) if b_rows else None  # [R, out]
         self.key = tuple(sorted(self.spans.items()))  # the mask layout mixed batches need
         self.packed = onednn_pack(self.weight)
-        self.packed_B = onednn_pack(self.B) if self.B is not None else None
+        self.packed_B = onednn_pack(self.B.t().contiguous()) if self.B is not None else None  # z_A [.., R] -> [.., out]
         self.int8 = None  # (weights [out + R, in] int8, scales [out + R] bf16) once quantize_int8 ran
 
     def quantize_int8(self) -> None:
@@ -151,7 +155,7 @@ class FusedLinear:
         linears stay in the model's dtype. The packed fp32 copy is dropped; the model's own weights stay."""
         import torch
 
-        w = self.weight.t()  # [out + R, in]
+        w = self.weight
         scale = (w.abs().amax(1).clamp(min=1e-12) / 127).to(torch.bfloat16)
         self.int8 = (torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), scale)
         self.packed = None
@@ -167,7 +171,7 @@ class FusedLinear:
         elif self.packed is not None:
             z = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         else:  # GPU, half precision, or no oneDNN
-            z = x @ self.weight if self.bias is None else x @ self.weight + self.bias
+            z = x @ self.weight.t() if self.bias is None else x @ self.weight.t() + self.bias
         y = z[..., :self.out]
         if self.B is None:
             return y
@@ -351,7 +355,7 @@ class LeanDecoder:
             return f"int8 weights run on the CPU kernel only (the model is on {self.device.type})"
         if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
             return "this torch has no _weight_int8pack_mm"
-        widths = sorted({m.weight.shape[0] for m in self.fused_linears() if m.weight.shape[0] % 16})
+        widths = sorted({m.weight.shape[1] for m in self.fused_linears() if m.weight.shape[1] % 16})
         return f"int8 weights need input widths that are multiples of 16, not {widths}" if widths else None
 
     def quantize_int8(self) -> None:

@@ -176,7 +176,8 @@ class Engine:
 
     @property
     def generation_path(self) -> str:
-        """"lean" (decoder.py), "transformers: <why not lean>", or "onnx"."""
+        """The backend's path: "lean" or "lean-int8" (decoder.py; with "(one-token steps in Python: <why>)"
+        after it without the C++ step), "transformers: <why not lean>", or "onnx"."""
         return self._state.backend.path
 
     @property
