@@ -60,7 +60,7 @@ def decode_step_module():
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     log.info("loading the C++ decode step (building it takes ~20 s the first time on this machine)")
     return load(name=f"qeforge_decode_step_{digest}", sources=[str(DECODE_STEP_SOURCE)],
-                extra_cflags=["-O3", "-fopenmp-simd"], with_cuda=False)
+                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], with_cuda=False)
 
 
 def unsupported(model) -> str | None:
