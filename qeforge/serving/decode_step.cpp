@@ -2,10 +2,14 @@
 // lm_head in one call, for rows that each add one token to their KV cache.
 //
 // Why: a Python step of SmolLM2-135M costs ~1,500 eager ops (~6 ms of a 20 ms step on 2 cores) around
-// the 121 GEMMs that read the weights; here the GEMMs are the same oneDNN (or int8) calls and what lies
-// between them (RMSNorm, LoRA B, RoPE, the cache write, attention, SiLU, the residual adds) is a few
-// loops per layer. The numbers are decoder.py's: the same weights, formulas and fp32 accumulation,
-// summed in another order (logits agree to ~1e-5 of their scale; tests/test_decoder.py checks).
+// the 121 GEMMs that read the weights. Here:
+// - one row (one client, where latency is the step): the whole step in one OpenMP parallel region on
+//   this file's own GEMV, barriers between phases (forward_row), as llama.cpp runs its graph;
+// - more rows: each linear is one oneDNN (or int8) GEMM call for all of them, and what lies between
+//   (RMSNorm, LoRA B, RoPE, the cache write, attention, SiLU, the residual adds) a few loops per layer
+//   (forward_ops).
+// The numbers are decoder.py's: the same weights, formulas and fp32 accumulation, summed in another
+// order (logits agree to ~1e-5 of their scale; tests/test_decoder.py checks both paths).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -15,12 +19,11 @@
 #endif
 
 #include <algorithm>
-
 #include <cmath>
 #include <cstring>
-#include <utility>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -89,7 +92,7 @@ VECTOR_CLONES float softmax_numerators(float* p, int64_t n, float top) {
   return sum;
 }
 
-// One FusedLinear (decoder.py): x [rows, in] -> z = x @ W_ext ([rows, out + R]: the base outputs, then
+// One FusedLinear (decoder.py): x [rows, in] -> z = x @ W_ext^T ([rows, out + R]: the base outputs, then
 // every adapter's LoRA A ranks); y = z[:, :out] + z[:, out + span] @ B[span] per row, span = its adapter's.
 struct Linear {
   at::Tensor packed, bias, weight, int8, scales, lora_b;  // each may be undefined; weight [out + R, in]
