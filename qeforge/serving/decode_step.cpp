@@ -4,7 +4,8 @@
 // Why: a Python step of SmolLM2-135M costs ~1,500 eager ops (~6 ms of a 20 ms step on 2 cores) around
 // the 121 GEMMs that read the weights. Here:
 // - one row (one client, where latency is the step): the whole step in one OpenMP parallel region on
-//   this file's own GEMV, barriers between phases (forward_row), as llama.cpp runs its graph;
+//   this file's own GEMVs (fp32, or int8 weights with fp32 activations), barriers between phases
+//   (forward_row), as llama.cpp runs its graph;
 // - more rows: each linear is one oneDNN (or int8) GEMM call for all of them, and what lies between
 //   (RMSNorm, LoRA B, RoPE, the cache write, attention, SiLU, the residual adds) a few loops per layer
 //   (forward_ops).
@@ -96,6 +97,7 @@ VECTOR_CLONES float softmax_numerators(float* p, int64_t n, float top) {
 // every adapter's LoRA A ranks); y = z[:, :out] + z[:, out + span] @ B[span] per row, span = its adapter's.
 struct Linear {
   at::Tensor packed, bias, weight, int8, scales, lora_b;  // each may be undefined; weight [out + R, in]
+  at::Tensor scales_f32;  // int8's scales as floats, for the one-row GEMV
   std::vector<int64_t> spans;  // per slot: start, end (end == start: no LoRA for that slot)
   int64_t out;
 
@@ -212,6 +214,57 @@ void gemv(const float* x, int64_t in, const float* w, const float* bias, int64_t
   for (int64_t o = lo; o < hi; o++) y[o] = dot(x, w + o * in, in) + (bias ? bias[o] : 0.f);
 }
 
+// y[o] = bf16(scale[o] * (q[o * in ..] . bf16(x))) (+ bias[o]): one row's GEMV on weight-only int8
+// weights, rounding as torch's _weight_int8pack_mm does (the batched steps and the prefill run on it):
+// x to bf16, fp32 sums, the scaled sum to bf16. So a row's answer does not depend on whether it is
+// batched beyond the order of the sums. Widths are multiples of 16 (decoder.py checks before quantizing).
+inline float bf16_round(float v) {  // round to nearest even, kept in a float
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000u;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f"))) void gemv_int8_avx512(const float* x, int64_t in, const int8_t* q, const float* scale,
+                                                        const float* bias, int64_t lo, int64_t hi, float* y) {
+  constexpr int T = 8;
+  int64_t o = lo;
+  for (; o + T <= hi; o += T) {
+    __m512 acc[T];
+    for (int j = 0; j < T; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < in; i += 16) {
+      const __m512i xb = _mm512_castps_si512(_mm512_loadu_ps(x + i));
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(xb, 16), _mm512_set1_epi32(1));
+      const __m512 xv = _mm512_castsi512_ps(_mm512_and_si512(
+          _mm512_add_epi32(xb, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), _mm512_set1_epi32(int(0xFFFF0000u))));
+      for (int j = 0; j < T; j++) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + (o + j) * in + i));
+        acc[j] = _mm512_fmadd_ps(xv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), acc[j]);
+      }
+    }
+    for (int j = 0; j < T; j++) y[o + j] = bf16_round(_mm512_reduce_add_ps(acc[j]) * scale[o + j]) + (bias ? bias[o + j] : 0.f);
+  }
+  for (; o < hi; o++) {
+    float sum = 0.f;
+    for (int64_t i = 0; i < in; i++) sum += bf16_round(x[i]) * q[o * in + i];
+    y[o] = bf16_round(sum * scale[o]) + (bias ? bias[o] : 0.f);
+  }
+}
+#endif
+
+void gemv_int8(const float* x, int64_t in, const int8_t* q, const float* scale, const float* bias, int64_t lo,
+               int64_t hi, float* y) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (has_avx512()) return gemv_int8_avx512(x, in, q, scale, bias, lo, hi, y);
+#endif
+  for (int64_t o = lo; o < hi; o++) {
+    float sum = 0.f;
+    for (int64_t i = 0; i < in; i++) sum += bf16_round(x[i]) * q[o * in + i];
+    y[o] = bf16_round(sum * scale[o]) + (bias ? bias[o] : 0.f);
+  }
+}
+
 // [lo, hi) of n items for thread `id` of `n_threads`, the cut rounded to `align`.
 std::pair<int64_t, int64_t> share(int64_t n, int id, int n_threads, int64_t align) {
   auto cut = [&](int k) { return k == n_threads ? n : std::min(n, n * k / n_threads / align * align); };
@@ -232,9 +285,10 @@ class DecodeStep {
   void add_linear(std::optional<at::Tensor> packed, std::optional<at::Tensor> bias, std::optional<at::Tensor> weight,
                   std::optional<at::Tensor> int8, std::optional<at::Tensor> scales, std::optional<at::Tensor> lora_b,
                   std::vector<int64_t> spans, int64_t out) {
+    at::Tensor scales_f32 = scales ? scales->to(at::kFloat).contiguous() : at::Tensor();
     linears_.push_back({packed.value_or(at::Tensor()), bias.value_or(at::Tensor()), weight.value_or(at::Tensor()),
                         int8.value_or(at::Tensor()), scales.value_or(at::Tensor()), lora_b.value_or(at::Tensor()),
-                        std::move(spans), out});
+                        scales_f32, std::move(spans), out});
   }
   void add_norm(at::Tensor weight) { norms_.push_back(weight.contiguous()); }
 
@@ -253,10 +307,9 @@ class DecodeStep {
     cos = cos.contiguous();
     sin = sin.contiguous();
     mask = mask.contiguous();
-    const bool fp32 = !linears_.back().int8.defined() && linears_.back().weight.defined();
     // One row (one client, the latency case) runs in one parallel region on its own GEMV (forward_row);
-    // more rows run op by op on oneDNN's GEMM, which reads the weights once for all of them.
-    if (fp32 && h.size(0) == 1) return forward_row(h, cos, sin, mask, keys, values, length, slots[0]);
+    // more rows run op by op on oneDNN's (or torch's int8) GEMM, which reads the weights once for all.
+    if (h.size(0) == 1) return forward_row(h, cos, sin, mask, keys, values, length, slots[0]);
     return forward_ops(h, cos, sin, mask, keys, values, length, slots);
   }
 
@@ -301,7 +354,7 @@ class DecodeStep {
     return linears_.back()(norm(h, norms_.back()), slots);
   }
 
-  // One row, fp32: the whole step in one OpenMP parallel region (llama.cpp's shape). Each linear's
+  // One row, fp32 or int8: the whole step in one OpenMP parallel region (llama.cpp's shape). Each linear's
   // rows (the base outputs and the row's adapter's LoRA A rows, not the other adapters') are shared
   // among the threads and read once by gemv; after a barrier the LoRA B update and what follows (the
   // residual add, SiLU x up) are shared by columns. About 8 barriers a layer, against a fork and join
@@ -331,12 +384,17 @@ class DecodeStep {
         const int64_t start = l.spans[2 * slot], rank = l.spans[2 * slot + 1] - start;
         const float* bias = l.bias.defined() ? l.bias.data_ptr<float>() : nullptr;
         auto [lo, hi] = share(l.out + rank, id, n, 8);  // base rows, then the span's, laid end to end
-        if (lo < l.out) gemv(xp, in, l.weight.data_ptr<float>(), bias, lo, std::min(hi, l.out), zp);
-        if (hi > l.out) {
-          float* za = zp + start;  // so that row out + start + j lands at z[out + start + j]
-          gemv(xp, in, l.weight.data_ptr<float>() + start * in, bias ? bias + start : nullptr,
-               std::max(lo, l.out), hi, za);
-        }
+        // The span's rows are read from `start` rows on, so that row out + start + j lands at z[out + start + j].
+        auto rows = [&](int64_t shift, int64_t from, int64_t to) {
+          if (to <= from) return;
+          if (l.int8.defined())
+            gemv_int8(xp, in, l.int8.data_ptr<int8_t>() + shift * in, l.scales_f32.data_ptr<float>() + shift,
+                      bias ? bias + shift : nullptr, from, to, zp + shift);
+          else
+            gemv(xp, in, l.weight.data_ptr<float>() + shift * in, bias ? bias + shift : nullptr, from, to, zp + shift);
+        };
+        rows(0, lo, std::min(hi, l.out));
+        rows(start, std::max(lo, l.out), hi);
 #pragma omp barrier
       };
       // z[lo, hi) += z[out + span] @ B[span, lo:hi].
