@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def random_lora(base: str | Path, out: Path, seed: int, *, targets: list[str], r: int = 16, scale: float) -> Path:
-    """LoRA r (alpha 2r, no dropout) on `targets` with lora_B ~ N(0, scale^2); each seed answers differently."""
+    """LoRA r (alpha 2r, no dropout) on `targets` with lora_B ~ N(0, scale^2), lora_A as peft draws it, both
+    from `seed`: the same seed gives the same adapter in every run, each seed answers differently."""
     from transformers import AutoModelForCausalLM
 
     return random_lora_on(AutoModelForCausalLM.from_pretrained(base), out, seed, targets=targets, r=r, scale=scale)
@@ -17,7 +18,9 @@ def random_lora_on(model, out: Path, seed: int, *, targets: list[str], r: int = 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
+    with torch.random.fork_rng(devices=[]):  # lora_A's init draws from the global generator: seeded too
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

@@ -9,6 +9,10 @@ In one run, on 2 cores, four random r=16 LoRA adapters on the seven llama module
      there (a near-tie that float reassociation can flip, or a real difference).
   1b. the same for the lean path on weight-only int8 weights (backend "torch-int8"), and how far its
      routing signal (an answer's mean token logprob) moves from the fp32 lean path's on the same answers.
+  1c. one decode step in-process, median over 24 steps after a 60-token prefill, at 1 row (one
+     adapter), 4 and 16 rows (the four adapters mixed), fp32 then int8: decoder.py's Python step,
+     decode_step.cpp op by op (oneDNN or torch's int8 GEMM between its loops), and what the gateway
+     runs (one row: decode_step.cpp's parallel region on its own GEMV), taking turns in 3 rounds.
   2. evaluation's generation stage: the same prompts through evaluation.generate with one adapter
      (the lean path, continuous batching at --batch, evaluation's default) beside what it ran before
      this change: transformers' generate() on left-padded static batches of --before-batch (the old
@@ -84,6 +88,42 @@ def agreement(convos, requests, expected) -> dict:
     return {"identical": len(requests) - len(differing), "of": len(requests), "differing": differing}
 
 
+def step_times(backend, adapters: list[str], rounds: int = 3, steps: int = 24) -> dict:
+    """{rows: {variant: median ms a step}} (1c above), the best of `rounds` rounds taken in turn."""
+    decoder = backend.decoder
+    compiled = decoder.step
+
+    def median_step(rows: int) -> float:
+        row_adapters = [adapters[i % len(adapters)] for i in range(rows)]
+        ids = np.random.default_rng(0).integers(0, 49152, (rows, 60))
+        mask = np.ones_like(ids)
+        logits, cache = backend.forward(row_adapters, ids, mask, None)
+        times = []
+        for _ in range(steps):
+            mask = np.concatenate([mask, np.ones((rows, 1), np.int64)], 1)
+            started = time.perf_counter()
+            logits, cache = backend.forward(row_adapters, logits.argmax(-1)[:, None], mask, cache)
+            times.append(time.perf_counter() - started)
+        return float(np.median(times)) * 1e3
+
+    variants = {"python": (None, True), "cpp_op_by_op": (compiled, False), "gateway": (compiled, True)}
+    out = {rows: {name: [] for name in variants} for rows in (1, 4, 16)}
+    try:
+        for _ in range(rounds):
+            for rows in out:
+                for name, (step, region) in variants.items():
+                    if rows > 1 and name == "cpp_op_by_op":
+                        continue  # the same path as "gateway" beyond one row
+                    decoder.step = step
+                    if step is not None:
+                        step.one_row_region = region
+                    out[rows][name].append(median_step(rows))
+    finally:
+        decoder.step = compiled
+        compiled.one_row_region = True
+    return {f"rows_{rows}": {name: round(min(ms), 2) for name, ms in times.items() if ms} for rows, times in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=32)
@@ -126,6 +166,8 @@ def main() -> None:
         report["agreement"] = {**agreement(convos, requests, expected), "path": backend.path,
                                "reference_one_at_a_time_s": round(reference_s, 1), "lean_mixed_batches_s": round(lean_s, 1)}
         print(json.dumps(report["agreement"]), flush=True)
+        report["step_ms_fp32"] = step_times(backend, list(adapters))
+        print(json.dumps(report["step_ms_fp32"]), flush=True)
 
         backend.decoder.quantize_int8()
         quantized = [GenerationRequest(c, p, args.tokens, (), state) for (c, _), p in zip(convos, ids)]
@@ -139,6 +181,8 @@ def main() -> None:
                                         "n": len(same), "mean_abs": round(float(np.mean(same)), 4) if same else None,
                                         "max_abs": round(float(np.max(same)), 4) if same else None}}
         print(json.dumps(report["int8_agreement"]), flush=True)
+        report["step_ms_int8"] = step_times(backend, list(adapters))
+        print(json.dumps(report["step_ms_int8"]), flush=True)
 
         one = next(iter(adapters))
         single = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),

@@ -278,6 +278,8 @@ struct Layer {
 
 class DecodeStep {
  public:
+  bool one_row_region = true;  // false: one row runs op by op too (bench/lean_decoder.py compares them)
+
   DecodeStep(int64_t heads, int64_t kv_heads, int64_t head_dim, double scale, double eps)
       : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), scale_(scale), eps_(eps) {}
 
@@ -309,7 +311,7 @@ class DecodeStep {
     mask = mask.contiguous();
     // One row (one client, the latency case) runs in one parallel region on its own GEMV (forward_row);
     // more rows run op by op on oneDNN's (or torch's int8) GEMM, which reads the weights once for all.
-    if (h.size(0) == 1) return forward_row(h, cos, sin, mask, keys, values, length, slots[0]);
+    if (h.size(0) == 1 && one_row_region) return forward_row(h, cos, sin, mask, keys, values, length, slots[0]);
     return forward_ops(h, cos, sin, mask, keys, values, length, slots);
   }
 
@@ -470,5 +472,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(pybind11::init<int64_t, int64_t, int64_t, double, double>())
       .def("add_linear", &DecodeStep::add_linear)
       .def("add_norm", &DecodeStep::add_norm)
+      .def_readwrite("one_row_region", &DecodeStep::one_row_region)
       .def("forward", &DecodeStep::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

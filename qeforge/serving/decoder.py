@@ -9,11 +9,14 @@ and (c) MKL's GEMVs on [out, in] weights. Here:
   oneDNN's packed weights (FusedLinear and onednn_pack say why and what it costs);
 - the KV cache is one preallocated tensor per layer, appended in place (capacity doubles), so a step
   copies nothing of the past;
-- a one-token step (every step after the prefill) is one C++ call (decode_step.cpp, DecodeStep): the
-  same GEMMs, and the ~1,500 small eager ops between them (norms, RoPE, attention, LoRA B) as loops.
-Measured on SmolLM2 + four adapters, 2 idle cores, in-process: one row with an adapter 12.4 ms a step
-(the same step in Python 20.1, transformers + peft's forward 54.9); 4 rows 18.1 (Python 23.9); 16 rows
-36.8 (37.0: the GEMMs dominate there), ~430 tokens/s (transformers + peft: 137.9).
+- a one-token step (every step after the prefill) is one C++ call (decode_step.cpp, DecodeStep): for
+  one row (one client) the whole step in one OpenMP parallel region on its own GEMV, which reads only
+  the row's adapter's LoRA A rows; for more rows the same oneDNN GEMMs, and the ~1,500 small eager ops
+  between them (norms, RoPE, attention, LoRA B) as loops.
+Measured on SmolLM2 + four adapters, 2 cores, in-process (bench/lean_decoder.py, whose README entry
+gives the run): one row with an adapter ~9.7-13.5 ms a step as the host's memory allows (op by op in
+C++ on oneDNN 11.8-16.0, in Python ~20, transformers + peft's forward 54.9); 16 rows of four adapters
+~35 ms, ~450 tokens/s (transformers + peft: 137.9).
 In the shim the generation thread must be the only one driving OpenMP workers (threads.py).
 The weights are the model's own tensors, regrouped in place (the model's forward reads the same
 numbers); only the stacked LoRA B matrices are new (~1% of the model). Numerics: transformers' eager
@@ -22,7 +25,7 @@ PeftModel's forward when a backend loads, and the backend refuses this path when
 
 Weights: the model's own dtype, or weight-only int8 on the CPU (LeanDecoder.quantize_int8): 1/4 of
 the fp32 bytes a step reads, for the one-client latency a step's GEMVs bound (538 MB of fp32 weights).
-Measured in-process, one row: 7.4 ms a step (the Python step: 11.6, 5.3 of them the int8 GEMVs).
+Measured in-process, one row: 5.3 ms a step (op by op on torch's int8 kernel 7.4, in Python 11.6).
 
 Supported: model_type llama and phi3 (SmolLM2, Phi-3, Phi-4) without a sliding window, LoRA without
 DoRA or LoRA bias. `unsupported()` says why anything else runs on the PeftModel's forward instead.
