@@ -253,3 +253,40 @@ def test_without_the_compiled_step_steps_run_in_python_and_the_path_says_why(bui
     cases = [(ADAPTERS[i % 4], p) for i, p in enumerate(prompts(built.tokenizer, 6))]
     stops = stop_token_ids(built.tokenizer)
     assert batched(backend, built.tokenizer, cases, max_batch=3) == [reference_greedy(model, a, p, stops) for a, p in cases]
+
+
+def test_compiled_step_on_widths_that_are_not_multiples_of_16(tmp_path):
+    """The one-row GEMV reads 16 floats at a time with a masked tail, and its output tiles are 8 wide:
+    hidden 40, head_dim 10 and an MLP of 72 exercise both tails; logits equal the Python step's, one row
+    and mixed rows, over several steps."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.adapters import random_lora
+    from qeforge.serving.decoder import LeanDecoder
+    from qeforge.training.lora_targets import LORA_TARGETS
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+                     ).save_pretrained(tmp_path / "base")
+
+    dirs = {c: random_lora(tmp_path / "base", tmp_path / c, i, targets=LORA_TARGETS["llama"], r=3, scale=0.5)
+            for i, c in enumerate(ADAPTERS[:2])}
+    decoder = LeanDecoder(peft_model(tmp_path / "base", dirs), list(dirs))
+    assert decoder.step is not None, decoder.step_reason
+    compiled = decoder.step
+    for rows in ([ADAPTERS[1]], [ADAPTERS[0], None, ADAPTERS[1]]):
+        rng = np.random.default_rng(len(rows))
+        ids = rng.integers(0, 300, (len(rows), 7))
+        mask = np.ones_like(ids)
+        _, cache = decoder.forward(rows, ids, mask, None)
+        for _ in range(4):
+            token = rng.integers(0, 300, (len(rows), 1))
+            mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], 1)
+            twin = type(cache)([k.clone() for k in cache.keys], [v.clone() for v in cache.values], cache.length)
+            decoder.step = compiled
+            got, cache = decoder.forward(rows, token, mask, cache)
+            decoder.step = None
+            want, _ = decoder.forward(rows, token, mask, twin)
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

@@ -48,7 +48,7 @@ DECODE_STEP_SOURCE = Path(__file__).with_name("decode_step.cpp")
 
 @functools.cache
 def decode_step_module():
-    """decode_step.cpp built with torch's C++ extension loader: ~20 s once per machine and source (the
+    """decode_step.cpp built with torch's C++ extension loader: ~30 s once per machine and source (the
     build is cached under TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions, and named by the
     source's hash so an edit rebuilds), then a load. Raises when it cannot be built (no C++ compiler)."""
     import os
@@ -61,7 +61,7 @@ def decode_step_module():
     scripts = sysconfig.get_path("scripts")
     if scripts and scripts not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
-    log.info("loading the C++ decode step (building it takes ~20 s the first time on this machine)")
+    log.info("loading the C++ decode step (building it takes ~30 s the first time on this machine)")
     return load(name=f"qeforge_decode_step_{digest}", sources=[str(DECODE_STEP_SOURCE)],
                 extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], with_cuda=False)
 
