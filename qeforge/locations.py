@@ -22,6 +22,17 @@ def qeforge_home() -> Path:
     return project_path(os.environ.get("QEFORGE_HOME", ".qeforge"))
 
 
+def put_environment_scripts_on_path() -> None:
+    """This Python environment's scripts directory (a venv's bin/) first on PATH, so tools installed
+    into it as packages are found by programs that look them up on PATH: torch's C++ extension builder
+    runs `ninja` that way, and `.venv/bin/python` run without activating the venv does not put it there."""
+    import sysconfig
+
+    scripts = sysconfig.get_path("scripts")
+    if scripts and scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+
+
 def is_uri(location: str) -> bool:
     return "://" in location
 

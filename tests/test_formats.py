@@ -87,14 +87,20 @@ def test_a_confident_local_answer_that_does_not_parse_is_not_returned_as_confide
 
     from qeforge.serving.engine import Declined
 
-    engine = make_engine(artefacts, policy(), fallback="decline")  # threshold -inf: any finished answer is confident
-    # The tiny adapter's greedy answers, cut at a stop string so they finish ("stop", not "truncated"):
-    # to a plain prompt it is confident; to one demanding JSON the same kind of text cannot be used.
-    plain = engine.complete(chat_call("qeforge-test-generation", [{"role": "user", "content": "def add(a, b):\n    return a + b"}],
-                                      max_tokens=30, stop=["G"]))
+    engine = make_engine(artefacts, policy(), fallback="local")  # threshold -inf: any finished answer is confident
+
+    def finishing(content: str):
+        """The call with a stop string from its own greedy answer's middle: it finishes ("stop"), not "truncated"."""
+        text = engine.complete(chat_call("qeforge-test-generation", [{"role": "user", "content": content}], max_tokens=30)).text
+        stop = next(text[i:i + 2] for i in range(len(text) // 2, len(text) - 1) if not any(ch.isspace() for ch in text[i:i + 2]))
+        return chat_call("qeforge-test-generation", [{"role": "user", "content": content}], max_tokens=30, stop=[stop])
+
+    # The tiny adapter's greedy answers, cut at a stop string so they finish: to a plain prompt it is
+    # confident; to one demanding JSON the same kind of text cannot be used.
+    plain_call, demanding = finishing("def add(a, b):\n    return a + b"), finishing("Return a JSON object.")
+    engine.fallback = "decline"
+    plain = engine.complete(plain_call)
     assert (plain.decision, plain.reason, plain.choices[0].finish) == ("local", "confident", "stop")
-    demanding = chat_call("qeforge-test-generation", [{"role": "user", "content": "Return a JSON object."}], max_tokens=30,
-                          stop=["G"])
     with pytest.raises(Declined) as declined:  # no Claude and fallback "decline": a 503 naming the reason
         engine.complete(demanding)
     assert declined.value.reason == "unparseable:json"

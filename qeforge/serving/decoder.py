@@ -51,16 +51,12 @@ def decode_step_module():
     """decode_step.cpp built with torch's C++ extension loader: ~30 s once per machine and source (the
     build is cached under TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions, and named by the
     source's hash so an edit rebuilds), then a load. Raises when it cannot be built (no C++ compiler)."""
-    import os
-    import sysconfig
-
     from torch.utils.cpp_extension import load
 
+    from qeforge.locations import put_environment_scripts_on_path
+
     digest = hashlib.sha256(DECODE_STEP_SOURCE.read_bytes()).hexdigest()[:12]
-    # torch runs `ninja` from PATH: the one this environment installed (the ninja package) comes first.
-    scripts = sysconfig.get_path("scripts")
-    if scripts and scripts not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    put_environment_scripts_on_path()  # torch runs `ninja` from PATH: the ninja package's, in this environment
     log.info("loading the C++ decode step (building it takes ~30 s the first time on this machine)")
     return load(name=f"qeforge_decode_step_{digest}", sources=[str(DECODE_STEP_SOURCE)],
                 extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], with_cuda=False)
