@@ -233,7 +233,7 @@ class ServingSettings(dg.ConfigurableResource):
     port: int = 8000
     api_key: str = Field(default="", description="require it ('Authorization: Bearer' or 'x-api-key'); empty: $QEFORGE_API_KEY")
     backend: str = Field(default="torch", description='"torch" (PyTorch, the model\'s own dtype), "torch-int8" (its lean '
-                         'decoder on weight-only int8 weights: ~1.4x the tokens/s for one client on a CPU, its answers '
+                         'decoder on weight-only int8 weights: ~1.8x the tokens/s for one client on a CPU, its answers '
                          'measured in the README) or "onnx"')
     max_batch: int = Field(default=0, description="rows per generation batch, 1 serializes; 0: $QEFORGE_MAX_BATCH or 16")
     max_body_bytes: int = Field(default=0, description="larger bodies get a 413; 0: $QEFORGE_MAX_BODY_BYTES or 4 MiB")

@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="default 8000")
     p.add_argument("--api-key", help="require 'Authorization: Bearer <key>' or 'x-api-key' (default $QEFORGE_API_KEY)")
     p.add_argument("--backend", choices=list(BACKENDS),
-                   help="torch (default), torch-int8 (weight-only int8 on the CPU: ~1.4x the tokens/s for one client) or onnx")
+                   help="torch (default), torch-int8 (weight-only int8 on the CPU: ~1.8x the tokens/s for one client) or onnx")
     p.add_argument("--max-body-bytes", type=int,
                    help="refuse request bodies larger than this with a 413 (default $QEFORGE_MAX_BODY_BYTES or 4 MiB)")
     p.add_argument("--fallback", choices=["local", "decline"],

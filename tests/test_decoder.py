@@ -189,6 +189,17 @@ def test_int8_refuses_widths_its_kernel_cannot_read(built):
     assert decoder.weights == "model" and decoder.lm_head.int8 is None  # nothing half-quantized
 
 
+def compiled_and_python(decoder, compiled, rows, token, mask, cache):
+    """One step of `rows` on the compiled step and, from a copy of the cache, on the Python step:
+    (compiled logits, its cache, Python logits, the copy)."""
+    twin = type(cache)([k.clone() for k in cache.keys], [v.clone() for v in cache.values], cache.length)
+    decoder.step = compiled
+    got, cache = decoder.forward(rows, token, mask, cache)
+    decoder.step = None
+    want, twin = decoder.forward(rows, token, mask, twin)
+    return got, cache, want, twin
+
+
 @pytest.mark.parametrize("weights", ["model", "int8"])
 @pytest.mark.parametrize("rows", [[ADAPTERS[2]], [ADAPTERS[0], None, ADAPTERS[3]], [*ADAPTERS, None, ADAPTERS[1]]],
                          ids=["one-row", "three-mixed", "six-mixed"])
@@ -218,11 +229,7 @@ def test_compiled_step_equals_the_python_step(built, weights, rows):
     for step in range(3):
         token = rng.integers(0, len(built.tokenizer), (len(rows), 1))
         mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], 1)
-        twin = type(cache)([k.clone() for k in cache.keys], [v.clone() for v in cache.values], cache.length)
-        decoder.step = compiled
-        got, cache = decoder.forward(rows, token, mask, cache)
-        decoder.step = None
-        want, twin = decoder.forward(rows, token, mask, twin)
+        got, cache, want, twin = compiled_and_python(decoder, compiled, rows, token, mask, cache)
         # fp32: sums in another order. int8: the kernel rounds its input to bf16 (2^-8 relative), and a
         # reassociated activation can round the other way, so its logits move by up to ~1e-2 of scale.
         bound = (1e-4 if weights == "model" else 2e-2) * np.abs(want).max()
@@ -286,9 +293,5 @@ def test_compiled_step_on_widths_that_are_not_multiples_of_16(tmp_path):
         for _ in range(4):
             token = rng.integers(0, 300, (len(rows), 1))
             mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], 1)
-            twin = type(cache)([k.clone() for k in cache.keys], [v.clone() for v in cache.values], cache.length)
-            decoder.step = compiled
-            got, cache = decoder.forward(rows, token, mask, cache)
-            decoder.step = None
-            want, _ = decoder.forward(rows, token, mask, twin)
+            got, cache, want, _ = compiled_and_python(decoder, compiled, rows, token, mask, cache)
             assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
