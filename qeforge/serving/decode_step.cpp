@@ -271,11 +271,6 @@ std::pair<int64_t, int64_t> share(int64_t n, int id, int n_threads, int64_t alig
   return {cut(id), cut(id + 1)};
 }
 
-struct Layer {
-  at::Tensor in_norm, post_norm;
-  Linear qkv, o, gate_up, down;
-};
-
 class DecodeStep {
  public:
   bool one_row_region = true;  // false: one row runs op by op too (bench/lean_decoder.py compares them)
